@@ -1,0 +1,55 @@
+"""Layer factories keyed by name and spatial dimensionality (one registry each)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from segkit.spec import Choice
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_DROPOUT = {1: nn.Dropout1d, 2: nn.Dropout2d, 3: nn.Dropout3d}
+_POOL = {
+    "maxpool": {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d},
+    "avgpool": {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d},
+}
+_ACT = {"leakyrelu": nn.LeakyReLU, "relu": nn.ReLU, "gelu": nn.GELU, "prelu": nn.PReLU}
+
+
+def conv(ndim: int) -> type[nn.Module]:
+    return _CONV[ndim]
+
+
+def conv_transpose(ndim: int) -> type[nn.Module]:
+    return _CONV_T[ndim]
+
+
+def pool(name: str, ndim: int, kernel: tuple[int, ...]) -> nn.Module:
+    return _POOL[name][ndim](kernel_size=kernel, stride=kernel)
+
+
+def dropout(p: float, ndim: int) -> nn.Module:
+    return _DROPOUT[ndim](p) if p > 0 else nn.Identity()
+
+
+def norm(choice: Choice, ndim: int, channels: int) -> nn.Module:
+    name, kwargs = choice[0], dict(choice[1])
+    if name == "instance":
+        cls = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}[ndim]
+        return cls(channels, **{"affine": True, "eps": 1e-5, **kwargs})
+    if name == "batch":
+        cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim]
+        return cls(channels, **kwargs)
+    if name == "group":
+        groups = kwargs.pop("num_groups", 8)
+        # Fall back to the largest divisor so narrow stages still work.
+        while channels % groups:
+            groups -= 1
+        return nn.GroupNorm(groups, channels, **kwargs)
+    return nn.Identity()
+
+
+def act(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    return _ACT[name](**kwargs)
