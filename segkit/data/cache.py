@@ -1,0 +1,340 @@
+"""Dataset fingerprint and the on-disk preprocessing cache.
+
+Cache layout (one directory per dataset + settings)::
+
+    <cache_base>/<settings hash>/
+        settings.json       requested settings + dataset.json digest
+        fingerprint.json    spacings and intensity statistics
+        preprocessor.json   resolved Preprocessor.to_dict()
+        splits.json         cross-validation folds (written by the DataModule)
+        cases/<id>_image.npy  float32 (C, *S), read with mmap
+        cases/<id>_label.npy  uint8/int16 (*S)
+        cases/<id>_fg.npy     int32 (N, 4): class, then voxel index, subsampled
+        cases/<id>.json       props; written last, so it marks the case as done
+
+Every file is written to a temporary sibling and renamed; a case whose JSON is
+missing is (re)done on the next run, so a crash never leaves a corrupt array
+that is later read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import io_orientation
+from tqdm.auto import tqdm
+
+from segkit.data.io import save_json_atomic, save_npy_atomic
+from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
+from segkit.data.preprocess import IntensityStats, Preprocessor, load_case
+from segkit.errors import ConfigError, DataError
+
+CACHE_VERSION = 1
+MAX_FG_PER_CLASS = 10_000
+_FG_INTENSITY_SAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class PreprocessedDataset:
+    """A finished cache directory.
+
+    Attributes:
+        cache_dir: The settings-specific directory.
+        preprocessor: The resolved preprocessing.
+        case_ids: Preprocessed training cases, in dataset order.
+    """
+
+    cache_dir: Path
+    preprocessor: Preprocessor
+    case_ids: tuple[str, ...]
+
+    @property
+    def cases_dir(self) -> Path:
+        """Directory holding the per-case arrays."""
+        return self.cache_dir / "cases"
+
+
+def settings_hash(settings: dict[str, Any], root: Path) -> str:
+    """Digest of the requested settings and the dataset's dataset.json."""
+    digest = hashlib.sha256(dataset_json_path(root).read_bytes()).hexdigest()
+    payload = json.dumps(
+        {"settings": settings, "dataset_json": digest, "version": CACHE_VERSION}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def resolve_normalization(request: str | Sequence[str], channel_names: Sequence[str]) -> tuple:
+    """Per-channel scheme from ``"auto"``/a scheme name/a list of names."""
+    if isinstance(request, str):
+        request = [request] * len(channel_names)
+    request = list(request)
+    if len(request) != len(channel_names):
+        raise ConfigError(
+            f"data.normalization has {len(request)} entries for channels {list(channel_names)}."
+        )
+    out = []
+    for scheme, name in zip(request, channel_names):
+        if scheme == "auto":
+            scheme = "ct" if name.strip().upper() == "CT" else "zscore"
+        if scheme not in ("zscore", "ct", "none"):
+            raise ConfigError(f"data.normalization={scheme!r}; allowed: auto, zscore, ct, none.")
+        out.append(scheme)
+    return tuple(out)
+
+
+def _canonical_spacing(case: CaseFiles) -> list[float]:
+    path = case.images[0]
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # noqa: BLE001 - any header failure is a data problem
+        raise DataError(
+            f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
+        ) from err
+    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    if len(zooms) < 3:
+        raise DataError(
+            f"{path}: is {len(zooms)}D; expected a 3D volume. Fix: store it as a 3D volume "
+            "(a 2D slice needs a singleton third axis)."
+        )
+    ornt = io_orientation(img.affine)
+    out = [0.0] * 3
+    for src, (dst, _) in enumerate(ornt):
+        out[int(dst)] = zooms[src]
+    return out
+
+
+def _fg_intensities(case: CaseFiles, num_channels: int, num_classes: int) -> list[list[float]]:
+    image, label, _, _ = load_case(
+        case.images, case.label, num_channels=num_channels, num_classes=num_classes
+    )
+    rng = np.random.default_rng(int(hashlib.md5(case.case_id.encode()).hexdigest()[:8], 16))
+    mask = label > 0
+    out = []
+    for channel in image:
+        values = channel[mask]
+        if values.size > _FG_INTENSITY_SAMPLES:
+            values = rng.choice(values, _FG_INTENSITY_SAMPLES, replace=False)
+        out.append(values.astype(float).tolist())
+    return out
+
+
+def _run_parallel(
+    fn: Callable, jobs: Sequence[tuple], *, num_workers: int, desc: str, progress: bool
+) -> list[Any]:
+    results: list[Any] = [None] * len(jobs)
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress or not jobs, leave=False)
+    if num_workers <= 1 or len(jobs) <= 1:
+        for i, job in enumerate(jobs):
+            results[i] = fn(*job)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(max_workers=num_workers) as pool:
+            futures = {pool.submit(fn, *job): i for i, job in enumerate(jobs)}
+            try:
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    bar.close()
+    return results
+
+
+def compute_fingerprint(
+    dataset: Dataset, *, need_intensities: bool, num_workers: int = 1, progress: bool = True
+) -> dict[str, Any]:
+    """Spacings of all training cases and, if needed, foreground intensity stats.
+
+    Args:
+        dataset: The parsed dataset.
+        need_intensities: Read images + labels for ``ct`` statistics (slower).
+        num_workers: Processes for the intensity pass.
+        progress: Show a progress bar.
+
+    Returns:
+        JSON-able dict: ``spacings``, ``median_spacing``, ``intensity_stats``.
+    """
+    spacings = [_canonical_spacing(c) for c in dataset.training]
+    fp: dict[str, Any] = {
+        "spacings": spacings,
+        "median_spacing": np.median(np.asarray(spacings), axis=0).tolist(),
+        "intensity_stats": None,
+    }
+    if need_intensities:
+        info = dataset.info
+        jobs = [(c, info.num_channels, info.num_classes) for c in dataset.training]
+        per_case = _run_parallel(
+            _fg_intensities, jobs, num_workers=num_workers, desc="fingerprint", progress=progress
+        )
+        stats = []
+        for ch in range(info.num_channels):
+            values = np.concatenate([np.asarray(pc[ch], dtype=float) for pc in per_case])
+            if values.size == 0:
+                values = np.zeros(1)
+            lo, hi = np.percentile(values, [0.5, 99.5])
+            stats.append(
+                {
+                    "lower": float(lo),
+                    "upper": float(hi),
+                    "mean": float(values.mean()),
+                    "std": float(values.std()),
+                }
+            )
+        fp["intensity_stats"] = stats
+    return fp
+
+
+def _process_case(pre: dict[str, Any], case: CaseFiles, out_dir: Path, seed: int) -> str:
+    preprocessor = Preprocessor.from_dict(pre)
+    image, label, props = preprocessor.preprocess_case(case.images, case.label)
+    rng = np.random.default_rng(seed)
+    fg = []
+    present = []
+    for cls in range(1, preprocessor.num_classes):
+        idx = np.argwhere(label == cls)
+        if len(idx):
+            present.append(cls)
+        if len(idx) > MAX_FG_PER_CLASS:
+            idx = idx[np.sort(rng.choice(len(idx), MAX_FG_PER_CLASS, replace=False))]
+        fg.append(np.concatenate([np.full((len(idx), 1), cls), idx], axis=1))
+    fg_arr = np.concatenate(fg).astype(np.int32) if fg else np.zeros((0, 4), np.int32)
+    cid = case.case_id
+    save_npy_atomic(out_dir / f"{cid}_image.npy", image)
+    save_npy_atomic(out_dir / f"{cid}_label.npy", label)
+    save_npy_atomic(out_dir / f"{cid}_fg.npy", fg_arr)
+    props.update(case_id=cid, label_path=str(case.label), classes_present=present)
+    save_json_atomic(out_dir / f"{cid}.json", props)  # last: marks the case as done
+    return cid
+
+
+def _remove_leftovers(folder: Path) -> None:
+    for tmp in folder.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
+def default_cache_base(root: Path) -> Path:
+    """Default cache base: ``<root>/segkit_cache``."""
+    return Path(root) / "segkit_cache"
+
+
+def preprocess_dataset(
+    root: Path,
+    *,
+    cache_dir: Path | None = None,
+    target_spacing: Sequence[float] | None = None,
+    normalization: str | Sequence[str] = "auto",
+    image_order: int = 3,
+    crop_nonzero: bool = True,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> PreprocessedDataset:
+    """Fingerprints and preprocesses all training cases once; reuses the cache.
+
+    Args:
+        root: Dataset directory (Decathlon or nnU-Net v2 layout).
+        cache_dir: Base directory for caches; default ``<root>/segkit_cache``.
+        target_spacing: Spacing in mm (RAS order); None = dataset median.
+        normalization: ``"auto"``, ``"zscore"``, ``"ct"``, ``"none"`` or one per channel.
+        image_order: Spline order for image resampling.
+        crop_nonzero: Crop each case to its nonzero bounding box.
+        num_workers: Parallel processes (<=1: in this process).
+        progress: Show progress bars.
+
+    Returns:
+        The finished cache.
+    """
+    root = Path(root)
+    dataset = read_dataset(root)
+    settings = {
+        "target_spacing": None if target_spacing is None else [float(s) for s in target_spacing],
+        "normalization": normalization if isinstance(normalization, str) else list(normalization),
+        "image_order": int(image_order),
+        "crop_nonzero": bool(crop_nonzero),
+    }
+    base = Path(cache_dir) if cache_dir is not None else default_cache_base(root)
+    out = base / settings_hash(settings, root)
+    cases_dir = out / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out)
+    _remove_leftovers(cases_dir)
+    save_json_atomic(out / "settings.json", {**settings, "root": str(root.resolve())})
+
+    pre_path = out / "preprocessor.json"
+    if pre_path.is_file():
+        preprocessor = Preprocessor.from_dict(json.loads(pre_path.read_text()))
+    else:
+        info = dataset.info
+        schemes = resolve_normalization(normalization, info.channel_names)
+        fp_path = out / "fingerprint.json"
+        if fp_path.is_file():
+            fingerprint = json.loads(fp_path.read_text())
+        else:
+            fingerprint = compute_fingerprint(
+                dataset,
+                need_intensities="ct" in schemes,
+                num_workers=num_workers,
+                progress=progress,
+            )
+            save_json_atomic(fp_path, fingerprint)
+        stats = fingerprint["intensity_stats"] or [None] * info.num_channels
+        preprocessor = Preprocessor(
+            target_spacing=tuple(
+                float(s) for s in (target_spacing or fingerprint["median_spacing"])
+            ),
+            normalization=schemes,
+            num_channels=info.num_channels,
+            num_classes=info.num_classes,
+            intensity_stats=tuple(
+                IntensityStats(**s) if s is not None and sc == "ct" else None
+                for s, sc in zip(stats, schemes)
+            ),
+            crop_nonzero=crop_nonzero,
+            image_order=image_order,
+        )
+        save_json_atomic(pre_path, preprocessor.to_dict())
+
+    todo = [c for c in dataset.training if not (cases_dir / f"{c.case_id}.json").is_file()]
+    pre_dict = preprocessor.to_dict()
+    jobs = [
+        (pre_dict, case, cases_dir, int(hashlib.md5(case.case_id.encode()).hexdigest()[:8], 16))
+        for case in todo
+    ]
+    _run_parallel(
+        _process_case, jobs, num_workers=num_workers, desc="preprocess", progress=progress
+    )
+    return PreprocessedDataset(
+        cache_dir=out,
+        preprocessor=preprocessor,
+        case_ids=tuple(c.case_id for c in dataset.training),
+    )
+
+
+def load_props(cases_dir: Path, case_id: str) -> dict[str, Any]:
+    """Reads the props JSON of a finished case."""
+    path = Path(cases_dir) / f"{case_id}.json"
+    if not path.is_file():
+        raise DataError(
+            f"{path}: case '{case_id}' is not preprocessed. Fix: call "
+            "SegDataModule.prepare_data() (or preprocess_dataset) first."
+        )
+    return json.loads(path.read_text())
+
+
+def open_case(cases_dir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Memory-maps a finished case: ``(image (C,*S), label (*S), fg (N, 4))``."""
+    cases_dir = Path(cases_dir)
+    load_props(cases_dir, case_id)  # raises if unfinished
+    return (
+        np.load(cases_dir / f"{case_id}_image.npy", mmap_mode="r"),
+        np.load(cases_dir / f"{case_id}_label.npy", mmap_mode="r"),
+        np.load(cases_dir / f"{case_id}_fg.npy"),
+    )

@@ -1,0 +1,238 @@
+"""Lightning DataModule: cached preprocessing, k-fold split, patches, augmentation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from segkit.data.augment import BatchAugment
+from segkit.data.cache import PreprocessedDataset, preprocess_dataset
+from segkit.data.demo import make_demo
+from segkit.data.io import save_json_atomic
+from segkit.data.layouts import DatasetInfo, read_dataset_info
+from segkit.data.preprocess import Preprocessor
+from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset, _check_patch_size
+from segkit.errors import ConfigError, DataError
+
+_SPLIT_SEED = 12345  # fixed so that changing the training seed keeps the folds
+
+
+def _plain(value: Any) -> Any:
+    """Converts OmegaConf containers (or any mapping/sequence) to plain Python."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(v) for v in value]
+    return value
+
+
+def make_splits(case_ids: Sequence[str], *, num_folds: int, seed: int = _SPLIT_SEED) -> list:
+    """K-fold split: a list of ``{"train": [...], "val": [...]}`` per fold."""
+    ids = sorted(case_ids)
+    if num_folds < 2 or num_folds > len(ids):
+        raise ConfigError(
+            f"data.num_folds={num_folds} with {len(ids)} training cases: need "
+            f"2 <= num_folds <= {len(ids)}. Fix: lower data.num_folds."
+        )
+    order = np.random.default_rng(seed).permutation(len(ids))
+    folds = np.array_split(order, num_folds)
+    return [
+        {
+            "train": sorted(ids[i] for j, f in enumerate(folds) if j != k for i in f),
+            "val": sorted(ids[i] for i in fold),
+        }
+        for k, fold in enumerate(folds)
+    ]
+
+
+class SegDataModule(pl.LightningDataModule):
+    """Training/validation data for a Decathlon or nnU-Net v2 dataset.
+
+    Args:
+        root: Dataset directory (holding dataset.json).
+        patch_size: Training patch, 3 ints (3D) or 2 ints (2D slices).
+        batch_size: Patches per training batch.
+        num_workers: DataLoader workers and preprocessing processes.
+        fold: Cross-validation fold used for validation.
+        num_folds: Number of folds.
+        samples_per_epoch: Patches per epoch (default ``250 * batch_size``).
+        oversample_foreground: Fraction of patches centred on foreground.
+        target_spacing: Resampling spacing in mm (RAS); None = dataset median.
+        normalization: ``auto``, ``zscore``, ``ct``, ``none`` or one per channel.
+        cache_dir: Base directory of the cache (default ``<root>/segkit_cache``).
+        make_demo_if_missing: Generate the synthetic demo at `root` if absent.
+        augment: Keyword arguments of `BatchAugment`; None disables augmentation.
+        seed: Seed of patch sampling.
+        val_max_cases: Validate on at most this many cases of the fold.
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | Path = "data/demo",
+        patch_size: Sequence[int] = (64, 64, 32),
+        batch_size: int = 2,
+        num_workers: int = 2,
+        fold: int = 0,
+        num_folds: int = 5,
+        samples_per_epoch: int | None = None,
+        oversample_foreground: float = 0.33,
+        target_spacing: Sequence[float] | None = None,
+        normalization: str | Sequence[str] = "auto",
+        cache_dir: str | Path | None = None,
+        make_demo_if_missing: bool = False,
+        augment: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        val_max_cases: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.patch_size = _check_patch_size(_plain(patch_size))
+        if int(batch_size) < 1:
+            raise ConfigError(f"data.batch_size={batch_size}: must be >= 1.")
+        self.batch_size = int(batch_size)
+        self.num_workers = max(0, int(num_workers))
+        self.fold, self.num_folds = int(fold), int(num_folds)
+        if not 0 <= self.fold < self.num_folds:
+            raise ConfigError(
+                f"data.fold={fold} is outside 0..{self.num_folds - 1} (data.num_folds={num_folds})."
+            )
+        self.samples_per_epoch = int(samples_per_epoch or 250 * self.batch_size)
+        self.oversample_foreground = float(oversample_foreground)
+        self.target_spacing = None if target_spacing is None else _plain(target_spacing)
+        self.normalization = _plain(normalization)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.make_demo_if_missing = bool(make_demo_if_missing)
+        self.augment_kwargs = None if augment is None else _plain(augment)
+        self.augment = None if augment is None else BatchAugment(**self.augment_kwargs)
+        self.seed = int(seed)
+        self.val_max_cases = val_max_cases
+        self._prepared: PreprocessedDataset | None = None
+        self._preprocessor: Preprocessor | None = None
+        self.train_ids: list[str] = []
+        self.val_ids: list[str] = []
+
+    def _ensure_root(self) -> None:
+        if self.make_demo_if_missing and not (self.root / "dataset.json").is_file():
+            make_demo(self.root)
+
+    def dataset_info(self) -> DatasetInfo:
+        """Channels/classes/labels from dataset.json (creates the demo if configured)."""
+        self._ensure_root()
+        return read_dataset_info(self.root)
+
+    def _preprocess(self) -> PreprocessedDataset:
+        self._ensure_root()
+        if self.target_spacing is not None and len(self.target_spacing) != 3:
+            raise ConfigError(
+                f"data.target_spacing={self.target_spacing}: expected 3 numbers (mm, RAS order)."
+            )
+        return preprocess_dataset(
+            self.root,
+            cache_dir=self.cache_dir,
+            target_spacing=self.target_spacing,
+            normalization=self.normalization,
+            num_workers=self.num_workers,
+        )
+
+    def prepare_data(self) -> None:
+        """Preprocesses the dataset into the cache (skips finished cases)."""
+        self._prepared = self._preprocess()
+        self._preprocessor = self._prepared.preprocessor
+
+    @property
+    def preprocessor(self) -> Preprocessor:
+        """The resolved preprocessing (available after `prepare_data`/`setup`)."""
+        if self._preprocessor is None:
+            raise DataError(
+                f"The preprocessor of {self.root} is not known yet. Fix: call "
+                "prepare_data() (Lightning does this before fitting)."
+            )
+        return self._preprocessor
+
+    @property
+    def cache_path(self) -> Path:
+        """The settings-specific cache directory (after `setup`)."""
+        if self._prepared is None:
+            raise DataError("The cache is not ready. Fix: call prepare_data() and setup().")
+        return self._prepared.cache_dir
+
+    def setup(self, stage: str | None = None) -> None:
+        """Loads the cache and the train/val split of `fold` (saved as splits.json)."""
+        if self._prepared is None:
+            # Other ranks (DDP) find rank 0's finished cache; nothing is recomputed.
+            self._prepared = self._preprocess()
+            self._preprocessor = self._prepared.preprocessor
+        path = self._prepared.cache_dir / "splits.json"
+        ids = set(self._prepared.case_ids)
+        splits = json.loads(path.read_text()) if path.is_file() else None
+        if (
+            splits is None
+            or len(splits) != self.num_folds
+            or {c for f in splits for c in f["val"]} != ids
+        ):
+            splits = make_splits(sorted(ids), num_folds=self.num_folds)
+            save_json_atomic(path, splits)
+        self.train_ids = list(splits[self.fold]["train"])
+        self.val_ids = list(splits[self.fold]["val"])[: self.val_max_cases]
+
+    def _slice_axis(self) -> int:
+        # 2D patches slice across the coarsest axis (the last one on ties).
+        spacing = np.asarray(self.preprocessor.target_spacing)
+        return int(np.flatnonzero(spacing == spacing.max())[-1])
+
+    def train_dataloader(self) -> DataLoader:
+        """Random patches: ``{"image": (B, C, *P) float32, "label": (B, 1, *P) int64}``."""
+        dataset = PatchDataset(
+            cases_dir=self._prepared.cases_dir,
+            case_ids=self.train_ids,
+            patch_size=self.patch_size,
+            num_samples=self.samples_per_epoch,
+            oversample_foreground=self.oversample_foreground,
+            seed=self.seed,
+            slice_axis=self._slice_axis(),
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(self.samples_per_epoch),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Whole cases: ``{"image": (1, C, *S), "label": (1, 1, *S), "case": [id]}``."""
+        dataset = CaseDataset(cases_dir=self._prepared.cases_dir, case_ids=self.val_ids)
+        return DataLoader(
+            dataset,
+            batch_size=1,
+            shuffle=False,
+            num_workers=min(self.num_workers, 1),
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Applies `BatchAugment` on the device, during training only."""
+        trainer = self.trainer
+        if self.augment is not None and trainer is not None and trainer.training:
+            batch["image"], batch["label"] = self.augment(batch["image"], batch["label"])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stores the preprocessor in Lightning checkpoints."""
+        return {} if self._preprocessor is None else {"preprocessor": self.preprocessor.to_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the preprocessor from a checkpoint."""
+        if "preprocessor" in state_dict:
+            self._preprocessor = Preprocessor.from_dict(state_dict["preprocessor"])

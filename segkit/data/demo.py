@@ -1,0 +1,154 @@
+"""A small synthetic dataset in the Decathlon layout, for demos and tests.
+
+Each case is an "MRI" volume: an ellipsoidal body (zero outside, so cropping
+matters) with smooth tissue texture, three kinds of deformed, randomly rotated
+ellipsoidal blobs (bright/smooth, dark/smooth, medium/coarse-textured), Gaussian
+noise and a smooth multiplicative bias field. Spacing is 1 x 1 x 2.5 mm and
+the affine is LPS-like, so reorientation is exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+
+from segkit.errors import DataError
+
+SPACING = (1.0, 1.0, 2.5)
+LABELS = {0: "background", 1: "bright", 2: "dark", 3: "textured"}
+# Mean intensity and texture amplitude (std of smoothed noise) per class; 0 = body tissue.
+_TISSUE = {0: (100.0, 6.0), 1: (175.0, 6.0), 2: (45.0, 6.0), 3: (135.0, 22.0)}
+
+
+def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
+    return int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple, sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field / max(float(field.std()), 1e-6)
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def _case(rng: np.random.Generator, *, with_label: bool) -> tuple[np.ndarray, np.ndarray]:
+    shape = (_odd(rng, 49, 79), _odd(rng, 49, 79), _odd(rng, 35, 47))
+    mm = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING)]
+    coords = np.stack(np.meshgrid(*mm, indexing="ij"), axis=-1).astype(np.float32)
+    half = np.array([(n - 1) / 2 * s for n, s in zip(shape, SPACING)])
+    body_r = half * rng.uniform(0.85, 0.97, size=3)
+    body = ((coords / body_r) ** 2).sum(-1) <= 1.0
+
+    wobble = _smooth_noise(rng, shape, 3.0)
+    label = np.zeros(shape, dtype=np.uint8)
+    centres: list[np.ndarray] = []
+    for cls in rng.permutation([1, 2, 3, *rng.choice([1, 2, 3], size=2, replace=False)]):
+        radii = np.array([rng.uniform(7, 13), rng.uniform(7, 13), rng.uniform(8, 15)])
+        for _ in range(30):  # keep blobs apart and inside the body
+            centre = rng.uniform(-1, 1, size=3) * (body_r - radii - 3).clip(min=1) * 0.8
+            if all(np.linalg.norm(centre - c) > 16 for c in centres):
+                break
+        centres.append(centre)
+        local = (coords - centre) @ _random_rotation(rng).astype(np.float32)
+        dist = np.sqrt(((local / radii) ** 2).sum(-1))
+        label[(dist <= 1.0 + 0.2 * wobble) & body] = cls
+
+    image = np.zeros(shape, dtype=np.float32)
+    for cls, (mean, amp) in _TISSUE.items():
+        sigma = 0.7 if cls == 3 else 2.0
+        region = (label == cls) & body
+        image[region] = (mean + amp * _smooth_noise(rng, shape, sigma))[region]
+    grad = rng.uniform(-1, 1, size=3) / half
+    bias = np.exp(0.15 * (coords @ grad.astype(np.float32)) + 0.08 * _smooth_noise(rng, shape, 10))
+    image = image * bias + rng.normal(0, 5.0, size=shape).astype(np.float32)
+    image[~body] = 0.0
+    return image.astype(np.float32), (label if with_label else label * 0)
+
+
+def _affine(shape: tuple) -> np.ndarray:
+    # LPS-like orientation (x, y flipped), as DICOM converters commonly write.
+    affine = np.diag([-SPACING[0], -SPACING[1], SPACING[2], 1.0])
+    affine[:3, 3] = [shape[0] / 2, shape[1] / 2, -shape[2] * SPACING[2] / 2]
+    return affine
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+    img = nib.Nifti1Image(array, affine)
+    img.header.set_zooms(SPACING)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, str(path))
+
+
+def make_demo(root: Path = Path("data/demo"), *, num_cases: int = 12, seed: int = 0) -> Path:
+    """Writes the synthetic demo dataset (Decathlon layout) unless it exists.
+
+    Args:
+        root: Target directory; created atomically (built in a temporary sibling,
+            then renamed). Returned unchanged if it already holds a dataset.json.
+        num_cases: Labelled training cases (3 unlabelled test cases are added).
+        seed: Seed; the output is identical for identical arguments.
+
+    Returns:
+        `root`.
+
+    Raises:
+        DataError: `root` exists, is not empty and holds no dataset.json.
+    """
+    root = Path(root)
+    if (root / "dataset.json").is_file():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise DataError(
+            f"{root} exists but holds no dataset.json. Fix: choose another directory for "
+            "the demo (data.root=...) or remove this one."
+        )
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+            (tmp / sub).mkdir()
+        rng = np.random.default_rng(seed)
+        training, test = [], []
+        for i in range(num_cases + 3):
+            is_test = i >= num_cases
+            image, label = _case(rng, with_label=not is_test)
+            name = f"demo_{i:03d}.nii.gz"
+            affine = _affine(image.shape)
+            if is_test:
+                _save(tmp / "imagesTs" / name, image, affine)
+                test.append(f"./imagesTs/{name}")
+                continue
+            _save(tmp / "imagesTr" / name, image, affine)
+            _save(tmp / "labelsTr" / name, label, affine)
+            training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+        meta = {
+            "name": "SegkitDemo",
+            "description": "Synthetic MRI-like blobs generated by segkit.data.make_demo",
+            "tensorImageSize": "3D",
+            "modality": {"0": "MRI"},
+            "labels": {str(k): v for k, v in LABELS.items()},
+            "numTraining": len(training),
+            "numTest": len(test),
+            "training": training,
+            "test": test,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, root)
+        except OSError:
+            if not (root / "dataset.json").is_file():  # not a concurrent make_demo
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return root

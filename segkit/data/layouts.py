@@ -1,0 +1,265 @@
+"""Dataset layouts: Medical Segmentation Decathlon and nnU-Net v2 raw.
+
+Both are described by a `dataset.json` at the dataset root; the layout is
+detected from its keys (`modality` → Decathlon, `channel_names` → nnU-Net v2).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix
+from segkit.errors import DataError
+
+MSD = "msd"
+NNUNET = "nnunet"
+_FIX_ROOT = "Fix: set data.root=/path/to/dataset or create the demo with `segkit make-demo`."
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a dataset, read from `dataset.json`.
+
+    Attributes:
+        num_channels: Input channels (modalities).
+        num_classes: Output classes including background.
+        label_names: Class index → name.
+        channel_names: Channel names in channel order (e.g. ``["CT"]``).
+        layout: ``"msd"`` or ``"nnunet"``.
+        num_training: Number of labelled training cases.
+    """
+
+    num_channels: int
+    num_classes: int
+    label_names: dict[int, str]
+    channel_names: list[str]
+    layout: str
+    num_training: int
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case.
+
+    Attributes:
+        case_id: Identifier (file name without channel suffix and extension).
+        images: One 4D/3D file (Decathlon) or one 3D file per channel (nnU-Net).
+        label: The label map, None for unlabelled (test) cases.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A parsed dataset: its info, training and test cases.
+
+    Attributes:
+        root: The dataset directory.
+        info: Channels, classes and layout.
+        training: Labelled cases.
+        test: Unlabelled cases (may be empty).
+    """
+
+    root: Path
+    info: DatasetInfo
+    training: tuple[CaseFiles, ...]
+    test: tuple[CaseFiles, ...]
+
+
+def dataset_json_path(root: Path) -> Path:
+    """Returns `root/dataset.json`, raising a `DataError` if it is missing."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"Dataset directory {root} does not exist. {_FIX_ROOT}")
+    path = root / "dataset.json"
+    if not path.is_file():
+        raise DataError(
+            f"{path} is missing: {root} is not a Decathlon or nnU-Net v2 dataset. {_FIX_ROOT}"
+        )
+    return path
+
+
+def load_dataset_json(root: Path) -> dict[str, Any]:
+    """Reads and parses `root/dataset.json`."""
+    path = dataset_json_path(root)
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: invalid JSON ({err}). Fix: repair the file.") from err
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a JSON object at top level.")
+    return meta
+
+
+def detect_layout(meta: dict[str, Any], *, path: Path) -> str:
+    """Returns ``"nnunet"`` or ``"msd"`` from the keys of a parsed dataset.json."""
+    if "channel_names" in meta:
+        return NNUNET
+    if "modality" in meta:
+        return MSD
+    raise DataError(
+        f"{path}: has neither 'modality' (Decathlon) nor 'channel_names' (nnU-Net v2). "
+        "Fix: add one of them mapping channel index to name, e.g. "
+        '"modality": {"0": "CT"}.'
+    )
+
+
+def _index_map(obj: Any, *, key: str, path: Path) -> list[str]:
+    if not isinstance(obj, dict) or not obj:
+        raise DataError(f'{path}: \'{key}\' must be a non-empty object like {{"0": "CT"}}.')
+    try:
+        items = sorted((int(k), str(v)) for k, v in obj.items())
+    except ValueError as err:
+        raise DataError(f"{path}: '{key}' keys must be integers as strings: {obj}.") from err
+    if [i for i, _ in items] != list(range(len(items))):
+        raise DataError(
+            f"{path}: '{key}' indices must be 0..{len(items) - 1} without gaps, got "
+            f"{[i for i, _ in items]}. Fix: renumber them."
+        )
+    return [name for _, name in items]
+
+
+def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, str]:
+    labels = meta.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise DataError(f"{path}: 'labels' must be a non-empty object. Fix: add it.")
+    if layout == MSD:
+        names = _index_map(labels, key="labels", path=path)
+        return dict(enumerate(names))
+    out: dict[int, str] = {}
+    for name, value in labels.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DataError(
+                f"{path}: label '{name}' maps to {value!r}; region-based labels (lists) are "
+                "not supported. Fix: use one integer per class."
+            )
+        out[value] = str(name)
+    if sorted(out) != list(range(len(out))):
+        raise DataError(
+            f"{path}: label values must be 0..{len(out) - 1} (0 = background), got "
+            f"{sorted(out)}. Fix: renumber the labels."
+        )
+    return dict(sorted(out.items()))
+
+
+def _resolve(root: Path, rel: str) -> Path:
+    return (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+
+
+def _msd_cases(meta: dict[str, Any], root: Path, *, path: Path) -> tuple[list, list]:
+    training = []
+    entries = meta.get("training")
+    if not isinstance(entries, list) or not entries:
+        raise DataError(f"{path}: 'training' must be a non-empty list of {{image, label}}.")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
+            raise DataError(f"{path}: training[{i}] must have 'image' and 'label', got {entry}.")
+        image = _resolve(root, entry["image"])
+        training.append(
+            CaseFiles(
+                case_id=strip_nifti_suffix(image.name),
+                images=(image,),
+                label=_resolve(root, entry["label"]),
+            )
+        )
+    test = []
+    for rel in meta.get("test", []) or []:
+        image = _resolve(root, rel if isinstance(rel, str) else rel.get("image", ""))
+        test.append(CaseFiles(case_id=strip_nifti_suffix(image.name), images=(image,), label=None))
+    return training, test
+
+
+def _nnunet_cases(
+    meta: dict[str, Any], root: Path, num_channels: int, *, path: Path
+) -> tuple[list, list]:
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in NIFTI_SUFFIXES:
+        raise DataError(
+            f"{path}: file_ending {ending!r} is not supported; segkit reads "
+            f"{NIFTI_SUFFIXES}. Fix: convert the files to NIfTI."
+        )
+
+    def channels(folder: Path, case_id: str) -> tuple[Path, ...]:
+        return tuple(folder / f"{case_id}_{c:04d}{ending}" for c in range(num_channels))
+
+    labels_dir = root / "labelsTr"
+    label_files = sorted(labels_dir.glob(f"*{ending}")) if labels_dir.is_dir() else []
+    training = [
+        CaseFiles(
+            case_id=p.name[: -len(ending)],
+            images=channels(root / "imagesTr", p.name[: -len(ending)]),
+            label=p,
+        )
+        for p in label_files
+    ]
+    expected = meta.get("numTraining")
+    if expected is not None and int(expected) != len(training):
+        raise DataError(
+            f"{path}: numTraining is {expected} but {labels_dir} holds {len(training)} "
+            f"'*{ending}' label files. Fix: add the missing labels or correct numTraining."
+        )
+    if not training:
+        raise DataError(f"{labels_dir}: no '*{ending}' label files found. Fix: add them.")
+    test_ids = sorted(
+        {p.name[: -len(ending)][:-5] for p in (root / "imagesTs").glob(f"*_0000{ending}")}
+    )
+    test = [
+        CaseFiles(case_id=c, images=channels(root / "imagesTs", c), label=None) for c in test_ids
+    ]
+    return training, test
+
+
+def read_dataset(root: Path) -> Dataset:
+    """Parses a dataset directory in either layout.
+
+    Args:
+        root: Directory holding `dataset.json`.
+
+    Returns:
+        The parsed dataset. Files are listed, not opened; missing files are
+        reported here.
+
+    Raises:
+        DataError: Missing/invalid dataset.json or missing files.
+    """
+    root = Path(root)
+    meta = load_dataset_json(root)
+    path = root / "dataset.json"
+    layout = detect_layout(meta, path=path)
+    channel_names = _index_map(
+        meta["modality" if layout == MSD else "channel_names"],
+        key="modality" if layout == MSD else "channel_names",
+        path=path,
+    )
+    label_names = _label_names(meta, layout, path=path)
+    if layout == MSD:
+        training, test = _msd_cases(meta, root, path=path)
+    else:
+        training, test = _nnunet_cases(meta, root, len(channel_names), path=path)
+    for case in training:
+        for file in (*case.images, case.label):
+            if not file.is_file():
+                raise DataError(
+                    f"{file}: listed for case '{case.case_id}' in {path} but does not exist. "
+                    "Fix: add the file or remove the case from dataset.json."
+                )
+    info = DatasetInfo(
+        num_channels=len(channel_names),
+        num_classes=len(label_names),
+        label_names=label_names,
+        channel_names=channel_names,
+        layout=layout,
+        num_training=len(training),
+    )
+    return Dataset(root=root, info=info, training=tuple(training), test=tuple(test))
+
+
+def read_dataset_info(root: Path) -> DatasetInfo:
+    """Reads only the dataset's info (cheap: dataset.json plus a directory listing)."""
+    return read_dataset(root).info
