@@ -25,7 +25,7 @@ from segkit.shapes import (
     same_padding,
     to_tuple,
 )
-from segkit.spec import UNetSpec
+from segkit.spec import UNetSpec, group_count
 
 Size = tuple[int, ...]
 
@@ -325,15 +325,21 @@ def _block_out(block: list[LayerRow]) -> Size:
 
 
 def _check_norm(spec: UNetSpec, skips: list[Size], size: Size, minimum: Size) -> None:
-    if spec.norm[0] != "instance":
+    """Instance and group norm need more than one value per group to train."""
+    name, kwargs = spec.norm
+    if name not in ("instance", "group"):
         return
     for i, s in enumerate(skips):
-        if _prod(s) == 1:
+        per_group = 1
+        if name == "group":
+            c = spec.channels[i]
+            per_group = c // group_count(c, dict(kwargs).get("num_groups", 8))
+        if _prod(s) * per_group == 1:
             raise ShapeError(
-                f"stage {i}: input {list(size)} shrinks to a single voxel {list(s)}, and instance "
-                f"norm needs more than one voxel per channel to train. Fix: a larger input on any "
-                f"axis (e.g. axis 0 ≥ {_grow_to_two(spec, 0, minimum[0])}), model.depth={i}, or "
-                f"model.norm=batch|group|none."
+                f"stage {i}: input {list(size)} shrinks to a single voxel {list(s)}, and {name} "
+                f"norm needs more than one value per channel group to train. Fix: a larger input "
+                f"on any axis (e.g. axis 0 ≥ {_grow_to_two(spec, 0, minimum[0])}), "
+                f"model.depth={max(i, 1)}, or model.norm=batch|none."
             )
 
 

@@ -131,6 +131,14 @@ def parse_choice(value: Any, key: str, allowed: Sequence[str]) -> Choice:
     return name, tuple(sorted(kwargs.items()))
 
 
+def group_count(channels: int, num_groups: int = 8) -> int:
+    """Groups of a GroupNorm: ``num_groups``, or its largest divisor of ``channels`` below it."""
+    groups = min(num_groups, channels)
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
 def _one_of(value: Any, key: str, allowed: Sequence[str]) -> str:
     if not isinstance(value, str) or value.lower() not in allowed:
         raise ConfigError(f"model.{key}: got {value!r}; allowed: {', '.join(allowed)}")

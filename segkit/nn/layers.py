@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from segkit.spec import Choice
+from segkit.spec import Choice, group_count
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -43,10 +43,7 @@ def norm(choice: Choice, ndim: int, channels: int) -> nn.Module:
         cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[ndim]
         return cls(channels, **kwargs)
     if name == "group":
-        groups = kwargs.pop("num_groups", 8)
-        # Fall back to the largest divisor so narrow stages still work.
-        while channels % groups:
-            groups -= 1
+        groups = group_count(channels, kwargs.pop("num_groups", 8))
         return nn.GroupNorm(groups, channels, **kwargs)
     return nn.Identity()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,18 +76,26 @@ class UNet(nn.Module):
         self.heads = nn.ModuleList(
             layers.conv(s.spatial_dims)(s.channels[i], s.out_channels, 1) for i in range(n_heads)
         )
-        self._checked: set[tuple[int, ...]] = set()
+        self._smallest: dict[tuple[int, ...], int] = {}
 
     def plan(self, input_size: Sequence[int]) -> Plan:
         """The static plan at ``input_size`` (same arithmetic as :meth:`forward`)."""
         return plan_unet(self.spec, input_size)
 
-    def check_input(self, size: Sequence[int]) -> None:
+    def check_input(self, size: Sequence[int], batch: int = 2) -> None:
         """Raise :class:`ShapeError` (never a PyTorch error) if ``size`` cannot be processed."""
         key = tuple(int(v) for v in size)
-        if key not in self._checked:
-            plan_unet(self.spec, key)  # raises ShapeError with the fix
-            self._checked.add(key)
+        smallest = self._smallest.get(key)
+        if smallest is None:
+            plan = plan_unet(self.spec, key)  # raises ShapeError with the fix
+            smallest = min(math.prod(r.out_size) for r in plan.rows if ".convs." in r.name)
+            self._smallest[key] = smallest
+        if self.spec.norm[0] == "batch" and self.training and batch * smallest == 1:
+            raise ShapeError(
+                f"input {list(key)} shrinks to one voxel at the deepest stage and batch norm "
+                "needs more than one value per channel to train: use a batch of 2 or more, a "
+                "larger input, or model.norm=instance|group"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if x.dim() != self.spec.spatial_dims + 2:
@@ -99,7 +108,7 @@ class UNet(nn.Module):
                 f"input has {x.shape[1]} channels but model.in_channels={self.spec.in_channels}"
             )
         if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
-            self.check_input(x.shape[2:])
+            self.check_input(x.shape[2:], x.shape[0])
         skips = []
         for stage in self.encoder:
             x = stage(x)

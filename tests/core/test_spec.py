@@ -1,0 +1,58 @@
+"""Spec normalisation: broadcasting, and a ConfigError naming the key for bad YAML."""
+
+import pytest
+
+from segkit import ConfigError
+from segkit.spec import UNetSpec
+
+
+def test_scalars_broadcast_per_stage_and_axis():
+    s = UNetSpec.from_config(depth=4, channels=32, max_channels=100, kernel_size=3, strides=2)
+    assert s.channels == (32, 64, 100, 100)
+    assert s.kernel_size == ((3, 3, 3),) * 4
+    assert s.strides == ((1, 1, 1),) + ((2, 2, 2),) * 3
+    assert s.up_kernel_size == ((2, 2, 2),) * 3
+    assert s.convs_per_stage_decoder == (2, 2, 2)
+
+
+def test_mixed_per_stage_per_axis_lists():
+    s = UNetSpec.from_config(depth=4, kernel_size=[[1, 3, 3], [3, 3, 3], 3, 5],
+                             strides=[1, [1, 2, 2], 2, [2, 2, 1]])
+    assert s.kernel_size == ((1, 3, 3), (3, 3, 3), (3, 3, 3), (5, 5, 5))
+    assert s.strides[1] == (1, 2, 2) and s.strides[3] == (2, 2, 1)
+
+
+def test_round_trip_through_dict():
+    s = UNetSpec.from_config(depth=3, norm={"name": "group", "num_groups": 4}, act="gelu")
+    assert UNetSpec.from_config(s.to_dict()) == s
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key"),
+    [
+        ({"depth": 0}, "model.depth"),
+        ({"depth": "four"}, "model.depth"),
+        ({"channels": -4}, "model.channels"),
+        ({"depth": 4, "kernel_size": [3, 3, 3]}, "model.kernel_size"),
+        ({"depth": 3, "kernel_size": [3, [3, 3], 3]}, "model.kernel_size[1]"),
+        ({"depth": 3, "strides": [2, 2, 2]}, "model.strides[0]"),
+        ({"depth": 3, "strides": [1, 0, 2]}, "model.strides[1]"),
+        ({"norm": "layer"}, "model.norm"),
+        ({"act": "swish"}, "model.act"),
+        ({"block": "dense"}, "model.block"),
+        ({"downsample": "stride"}, "model.downsample"),
+        ({"kernel_size": "3"}, "model.kernel_size"),
+        ({"dropout": 1.5}, "model.dropout"),
+        ({"spatial_dims": 4}, "model.spatial_dims"),
+        ({"deepsupervision": True}, "unknown key"),
+        ({"depth": 3, "up_kernel_size": [2, 2, 2]}, "model.up_kernel_size"),
+    ],
+)
+def test_bad_config_names_the_key(cfg, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        UNetSpec.from_config(cfg)
+
+
+def test_flat_list_error_shows_per_axis_syntax():
+    with pytest.raises(ConfigError, match=r"kernel_size: \[\[1, 3, 3\], \[1, 3, 3\]"):
+        UNetSpec.from_config(depth=5, kernel_size=[1, 3, 3])
