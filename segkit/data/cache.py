@@ -98,7 +98,8 @@ def _canonical_spacing(case: CaseFiles) -> list[float]:
         raise DataError(
             f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
         ) from err
-    zooms = [float(z) for z in img.header.get_zooms()[:3]]
+    # Same rounding as read_nifti, so both give identical spacings.
+    zooms = [round(float(z), 6) for z in img.header.get_zooms()[:3]]
     if len(zooms) < 3:
         raise DataError(
             f"{path}: is {len(zooms)}D; expected a 3D volume. Fix: store it as a 3D volume "

@@ -88,7 +88,8 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
             f"{path}: {bad} voxel(s) are NaN or infinite. Fix: replace them in the source "
             "file (e.g. with 0 or the minimum intensity) before training."
         )
-    zooms = tuple(float(z) for z in img.header.get_zooms())
+    # Header zooms are float32; rounding turns 0.800000011920929 back into 0.8.
+    zooms = tuple(round(float(z), 6) for z in img.header.get_zooms())
     return NiftiVolume(
         data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=zooms, path=path
     )

@@ -1,0 +1,174 @@
+"""Preprocessing, its exact inversion onto the original grid, and the cache."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import LPS_PERMUTED, oblique_affine
+
+import segkit.data.cache as cache_mod
+from segkit.data import Preprocessor, preprocess_dataset, read_dataset, write_nifti
+
+
+def _load(path):
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj), img.affine
+
+
+@pytest.mark.parametrize("affine", [LPS_PERMUTED, oblique_affine()], ids=["lps_perm", "oblique"])
+def test_round_trip_exact_without_resampling(make_msd, tmp_path, affine):
+    root = make_msd(affine=affine)
+    prep = preprocess_dataset(root, num_workers=0, progress=False)
+    pre = prep.preprocessor
+    for case in read_dataset(root).training:
+        _, seg, props = pre.preprocess_case(case.images, case.label)
+        label, label_affine = _load(case.label)
+        assert props["resampled_shape"] == props["shape_after_crop"]  # median spacing
+        back = pre.invert(seg, props)
+        out = write_nifti(tmp_path / f"{case.case_id}_pred.nii.gz", back, case.images[0])
+        data, out_affine = _load(out)
+        assert data.shape == label.shape
+        np.testing.assert_array_equal(out_affine, nib.load(str(case.images[0])).affine)
+        np.testing.assert_array_equal(data, label)
+
+
+def test_canonical_orientation_and_spacing(make_msd):
+    root = make_msd(affine=LPS_PERMUTED, shapes=((9, 11, 7),))
+    pre = preprocess_dataset(root, num_workers=0, progress=False).preprocessor
+    case = read_dataset(root).training[0]
+    image, seg, props = pre.preprocess_case(case.images, case.label)
+    label, _ = _load(case.label)
+    # LPS_PERMUTED: file axis 0 runs along -y, axis 1 along -x: RAS = flip both, swap.
+    assert props["canonical_shape"] == [11, 9, 7]
+    assert props["canonical_spacing"] == [1.0, 1.0, 2.5]
+    box = props["crop_box"]
+    expected = np.transpose(label, (1, 0, 2))[::-1, ::-1][tuple(slice(a, b) for a, b in box)]
+    np.testing.assert_array_equal(seg, expected)
+    assert image.dtype == np.float32 and image.shape == (1, *seg.shape)
+
+
+def test_round_trip_with_resampling_oblique(make_msd, tmp_path):
+    root = make_msd(affine=oblique_affine(), shapes=((13, 12, 9), (11, 15, 7)))
+    target = (0.7, 0.9, 1.6)
+    pre = preprocess_dataset(
+        root, num_workers=0, progress=False, target_spacing=target
+    ).preprocessor
+    assert pre.target_spacing == target
+    for case in read_dataset(root).training:
+        image, seg, props = pre.preprocess_case(case.images, case.label)
+        label, _ = _load(case.label)
+        assert list(seg.shape) == props["resampled_shape"] != props["shape_after_crop"]
+        back = pre.invert(seg, props)
+        assert back.shape == label.shape
+        assert np.mean(back == label) > 0.9
+        onehot = np.stack([(seg == k).astype(np.float32) for k in range(3)])
+        probs = pre.invert(onehot, props)
+        assert probs.shape == (3, *label.shape)
+        assert np.mean(probs.argmax(0) == label) > 0.9
+        out = write_nifti(tmp_path / "p.nii", back.astype(np.uint8), case.images[0])
+        np.testing.assert_array_equal(_load(out)[1], nib.load(str(case.images[0])).affine)
+
+
+def test_nnunet_multichannel_ct_normalisation(make_nnunet):
+    root = make_nnunet(channels=2)
+    prep = preprocess_dataset(root, num_workers=0, progress=False)
+    pre = prep.preprocessor
+    assert pre.normalization == ("ct", "zscore")
+    stats = pre.intensity_stats[0]
+    assert stats.lower < stats.mean < stats.upper
+    assert pre.intensity_stats[1] is None
+    assert pre.target_spacing == (0.8, 0.8, 3.0)
+    image = np.load(prep.cases_dir / "pt000_image.npy", mmap_mode="r")
+    assert isinstance(image, np.memmap)
+    assert image.shape[0] == 2 and image.dtype == np.float32
+    # Clipped to the dataset's 0.5/99.5 foreground percentiles, then standardised.
+    lo = (stats.lower - stats.mean) / stats.std
+    hi = (stats.upper - stats.mean) / stats.std
+    assert image[0].min() >= lo - 1e-3 and image[0].max() <= hi + 1e-3
+    assert abs(float(image[1].mean())) < 0.2  # z-score per case (before resampling)
+
+
+def test_msd_4d_multichannel(make_msd):
+    root = make_msd(channels=3)
+    prep = preprocess_dataset(root, num_workers=0, progress=False)
+    image = np.load(prep.cases_dir / "case_00_image.npy")
+    label = np.load(prep.cases_dir / "case_00_label.npy")
+    assert image.shape == (3, *label.shape)
+
+
+def test_preprocess_new_image_and_serialise(make_nnunet):
+    root = make_nnunet(channels=2)
+    pre = preprocess_dataset(root, num_workers=0, progress=False).preprocessor
+    restored = Preprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert restored == pre
+    case = read_dataset(root).test[0]
+    image, props = restored.preprocess_image(list(case.images))
+    assert image.dtype == np.float32 and image.shape[0] == 2
+    seg = np.ones(image.shape[1:], np.uint8)
+    back = restored.invert(seg, props)
+    assert back.shape == tuple(nib.load(str(case.images[0])).shape)
+
+
+def test_parallel_equals_serial_and_cache_reused(make_msd, tmp_path):
+    root = make_msd(shapes=((9, 11, 7), (13, 10, 5), (8, 7, 9), (7, 7, 7)))
+    serial = preprocess_dataset(root, num_workers=0, progress=False, cache_dir=tmp_path / "a")
+    parallel = preprocess_dataset(root, num_workers=2, progress=False, cache_dir=tmp_path / "b")
+    for cid in serial.case_ids:
+        for kind in ("image", "label", "fg"):
+            np.testing.assert_array_equal(
+                np.load(serial.cases_dir / f"{cid}_{kind}.npy"),
+                np.load(parallel.cases_dir / f"{cid}_{kind}.npy"),
+            )
+    stamp = (serial.cases_dir / "case_00_image.npy").stat().st_mtime_ns
+    again = preprocess_dataset(root, num_workers=0, progress=False, cache_dir=tmp_path / "a")
+    assert again.cache_dir == serial.cache_dir
+    assert (again.cases_dir / "case_00_image.npy").stat().st_mtime_ns == stamp
+    other = preprocess_dataset(
+        root, num_workers=0, progress=False, cache_dir=tmp_path / "a", normalization="none"
+    )
+    assert other.cache_dir != serial.cache_dir
+    assert serial.cache_dir.parent == tmp_path / "a"
+
+
+def test_crash_mid_case_leaves_no_readable_half_case(make_msd, monkeypatch):
+    root = make_msd()
+    real_save = cache_mod.save_npy_atomic
+
+    def crashing_save(path, array):
+        if path.name == "case_01_label.npy":
+            # Simulate a kill while writing: a partial temp file, then death.
+            (path.parent / f".{path.name}.tmp-999-dead").write_bytes(b"\x93NUMPY partial")
+            raise KeyboardInterrupt
+        real_save(path, array)
+
+    monkeypatch.setattr(cache_mod, "save_npy_atomic", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess_dataset(root, num_workers=0, progress=False)
+    cases = root / "segkit_cache"
+    cases = next(cases.iterdir()) / "cases"
+    assert (cases / "case_00.json").is_file()
+    assert not (cases / "case_01.json").is_file()  # not marked done
+    assert not (cases / "case_01_label.npy").exists()  # never a half-written final name
+    stamp = (cases / "case_00_image.npy").stat().st_mtime_ns
+
+    monkeypatch.setattr(cache_mod, "save_npy_atomic", real_save)
+    prep = preprocess_dataset(root, num_workers=0, progress=False)
+    assert (cases / "case_01.json").is_file()
+    assert not list(cases.glob(".*.tmp-*"))  # leftovers removed
+    assert (cases / "case_00_image.npy").stat().st_mtime_ns == stamp  # done case kept
+    label = np.load(cases / "case_01_label.npy")
+    assert label.shape == tuple(json.loads((cases / "case_01.json").read_text())["resampled_shape"])
+    assert prep.case_ids == ("case_00", "case_01", "case_02")
+
+
+def test_unmarked_case_with_corrupt_array_is_redone(make_msd):
+    root = make_msd()
+    prep = preprocess_dataset(root, num_workers=0, progress=False)
+    good = np.load(prep.cases_dir / "case_02_image.npy")
+    (prep.cases_dir / "case_02.json").unlink()
+    (prep.cases_dir / "case_02_image.npy").write_bytes(b"garbage")
+    preprocess_dataset(root, num_workers=0, progress=False)
+    np.testing.assert_array_equal(np.load(prep.cases_dir / "case_02_image.npy"), good)
