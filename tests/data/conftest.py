@@ -53,6 +53,28 @@ def blob_case(
     return image, label
 
 
+def write_msd(
+    root: Path,
+    cases: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    num_classes: int,
+    affine: np.ndarray | None = None,
+) -> Path:
+    """Writes given (image, label) arrays as a one-channel Decathlon dataset."""
+    training = []
+    for i, (image, label) in enumerate(cases):
+        save(root / "imagesTr" / f"c{i}.nii.gz", image.astype(np.float32), affine)
+        save(root / "labelsTr" / f"c{i}.nii.gz", label.astype(np.uint8), affine)
+        training.append({"image": f"./imagesTr/c{i}.nii.gz", "label": f"./labelsTr/c{i}.nii.gz"})
+    meta = {
+        "modality": {"0": "MRI"},
+        "labels": {str(c): f"class{c}" for c in range(num_classes)},
+        "training": training,
+    }
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
 @pytest.fixture
 def make_msd(tmp_path: Path) -> Callable[..., Path]:
     """Factory writing a Decathlon dataset; returns its root."""
@@ -128,3 +150,11 @@ def make_nnunet(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """A 5-case synthetic demo dataset shared by the session (read-only)."""
+    from segkit.data import make_demo
+
+    return make_demo(tmp_path_factory.mktemp("demo") / "demo", num_cases=5, seed=0)

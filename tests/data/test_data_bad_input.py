@@ -77,7 +77,7 @@ def test_non_integer_labels(make_msd):
     label[2, 2, 2] = 0.5
     save(root / "labelsTr" / "case_00.nii.gz", label, np.diag([1.0, 1.0, 2.5, 1.0]))
     with pytest.raises(
-        DataError, match=r"case_00.nii.gz: label map holds non-integer values \[0.5\]"
+        DataError, match=r"case_00.nii.gz: label map holds non-integer values \[0.5"
     ):
         _run(root)
 

@@ -1,0 +1,167 @@
+"""SegDataModule: the batch contract the training code relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import segkit.data.datamodule as dm_mod
+from segkit import ConfigError, DataError
+from segkit.data import BatchAugment, DatasetInfo, Preprocessor, SegDataModule, make_demo
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
+
+
+class _FakeTrainer:
+    def __init__(self, training: bool) -> None:
+        self.training = training
+
+
+def _dm(root, tmp_path, **kw):
+    args = dict(
+        root=root,
+        patch_size=[21, 19, 11],
+        batch_size=3,
+        num_workers=0,
+        num_folds=5,
+        samples_per_epoch=6,
+        cache_dir=tmp_path / "cache",
+    )
+    return SegDataModule(**{**args, **kw})
+
+
+def test_dataset_info_and_missing_root(demo_root, tmp_path):
+    info = _dm(demo_root, tmp_path).dataset_info()
+    assert info == DatasetInfo(
+        num_channels=1,
+        num_classes=4,
+        label_names={0: "background", 1: "bright", 2: "dark", 3: "textured"},
+        channel_names=["MRI"],
+        layout="msd",
+        num_training=5,
+    )
+    with pytest.raises(DataError, match=r"nope does not exist.*data.root=.*segkit make-demo"):
+        _dm(tmp_path / "nope", tmp_path).dataset_info()
+
+
+def test_make_demo_if_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(dm_mod, "make_demo", lambda root: make_demo(root, num_cases=2))
+    dm = _dm(tmp_path / "fresh", tmp_path, make_demo_if_missing=True, num_folds=2)
+    assert dm.dataset_info().num_training == 2
+    assert (tmp_path / "fresh" / "dataset.json").is_file()
+
+
+def test_batch_contract(demo_root, tmp_path):
+    dm = _dm(demo_root, tmp_path)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_ids) == 4 and len(dm.val_ids) == 1
+    assert not set(dm.train_ids) & set(dm.val_ids)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2
+    batch = batches[0]
+    assert set(batch) == {"image", "label"}
+    assert batch["image"].shape == (3, 1, 21, 19, 11) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (3, 1, 21, 19, 11) and batch["label"].dtype == torch.int64
+    val = list(dm.val_dataloader())
+    assert len(val) == 1
+    item = val[0]
+    assert item["case"] == dm.val_ids
+    shape = item["image"].shape
+    assert shape[:2] == (1, 1) and item["label"].shape == (1, 1, *shape[2:])
+    assert item["label"].dtype == torch.int64 and item["image"].dtype == torch.float32
+    assert all(n % 2 == 1 for n in shape[2:])  # the case's own odd size, not the patch's
+
+
+def test_splits_saved_and_reused(demo_root, tmp_path):
+    dm = _dm(demo_root, tmp_path, fold=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    path = dm.cache_path / "splits.json"
+    splits = json.loads(path.read_text())
+    assert len(splits) == 5 and sorted(c for f in splits for c in f["val"]) == sorted(
+        dm.train_ids + dm.val_ids
+    )
+    assert dm.val_ids == splits[2]["val"]
+    splits[2]["val"], splits[3]["val"] = splits[3]["val"], splits[2]["val"]
+    splits[2]["train"] = [c for c in dm.train_ids + dm.val_ids if c not in splits[2]["val"]]
+    path.write_text(json.dumps(splits))
+    again = _dm(demo_root, tmp_path, fold=2)
+    again.prepare_data()
+    again.setup("fit")
+    assert again.val_ids == splits[2]["val"]  # the user's edited split is kept
+    with pytest.raises(ConfigError, match="data.fold=5"):
+        _dm(demo_root, tmp_path, fold=5)
+
+
+def test_augment_only_while_training(demo_root, tmp_path):
+    dm = _dm(
+        demo_root,
+        tmp_path,
+        augment={
+            "p_flip": 1.0,
+            "p_rotate": 0.0,
+            "p_scale": 0.0,
+            "p_noise": 0.0,
+            "p_blur": 0.0,
+            "p_brightness": 0.0,
+            "p_contrast": 0.0,
+            "p_gamma": 0.0,
+        },
+    )
+    assert isinstance(dm.augment, BatchAugment)
+    image = torch.randn(2, 1, 5, 6, 7)
+    label = torch.randint(0, 4, (2, 1, 5, 6, 7))
+
+    def run():
+        return dm.on_after_batch_transfer({"image": image, "label": label}, 0)
+
+    assert torch.equal(run()["image"], image)  # no trainer attached
+    dm.trainer = _FakeTrainer(training=False)
+    assert torch.equal(run()["image"], image)
+    dm.trainer = _FakeTrainer(training=True)
+    out = run()
+    assert torch.equal(out["image"], image.flip((2, 3, 4)))
+    assert torch.equal(out["label"], label.flip((2, 3, 4)))
+
+
+def test_preprocessor_and_checkpoint_state(demo_root, tmp_path):
+    dm = _dm(demo_root, tmp_path)
+    with pytest.raises(DataError, match="prepare_data"):
+        _ = dm.preprocessor
+    dm.prepare_data()
+    state = dm.state_dict()
+    restored = Preprocessor.from_dict(json.loads(json.dumps(state["preprocessor"])))
+    assert restored == dm.preprocessor
+    assert restored.target_spacing == (1.0, 1.0, 2.5)
+    fresh = _dm(demo_root, tmp_path)
+    fresh.load_state_dict(state)
+    assert fresh.preprocessor == dm.preprocessor
+
+
+def test_2d_patches(demo_root, tmp_path):
+    dm = _dm(demo_root, tmp_path, patch_size=[23, 17], batch_size=2, samples_per_epoch=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 1, 23, 17) and batch["label"].shape == (2, 1, 23, 17)
+
+
+@pytest.mark.parametrize("name", ["demo", "msd"])
+def test_hydra_configs_instantiate(name, tmp_path):
+    cfg = OmegaConf.create(
+        {"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF / f"{name}.yaml")}
+    )
+    if name == "msd":
+        cfg.data.root = str(tmp_path / "mine")
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, SegDataModule)
+    assert dm.patch_size in ((48, 48, 32), (128, 128, 128))
+    assert isinstance(dm.augment, BatchAugment)
+    if name == "demo":
+        assert dm.root == tmp_path / "demo" and dm.make_demo_if_missing
