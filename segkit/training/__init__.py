@@ -1,0 +1,1 @@
+"""Training: LightningModule, losses, callbacks and the ``train(cfg)`` entry point."""

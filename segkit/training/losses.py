@@ -1,0 +1,86 @@
+"""Dice + cross-entropy, and deep supervision over heads of any size."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DiceCELoss(nn.Module):
+    """Soft Dice over foreground classes plus cross-entropy (nnU-Net's default loss).
+
+    Args:
+        dice_weight: weight of the Dice term.
+        ce_weight: weight of the cross-entropy term.
+        batch_dice: pool the Dice sums over the batch (one Dice per class) rather
+            than per sample; steadier with small patches.
+        include_background: include class 0 in the Dice term.
+        smooth: added to numerator and denominator.
+    """
+
+    def __init__(
+        self, *, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = True,
+        include_background: bool = False, smooth: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+        self.batch_dice, self.include_background, self.smooth = batch_dice, include_background, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` (N, K, *S); ``target`` (N, 1, *S) or (N, *S) integer labels."""
+        if target.dim() == logits.dim():
+            target = target[:, 0]
+        target = target.long()
+        logits = logits.float()
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            loss = loss + self.ce_weight * F.cross_entropy(logits, target)
+        if self.dice_weight:
+            probs = logits.softmax(1)
+            onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+            start = 0 if self.include_background else 1
+            probs, onehot = probs[:, start:], onehot[:, start:]
+            dims = (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
+            inter = (probs * onehot).sum(dims)
+            denom = probs.sum(dims) + onehot.sum(dims)
+            dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-8)
+            loss = loss + self.dice_weight * (1 - dice.mean())
+        return loss
+
+
+class DeepSupervisionLoss(nn.Module):
+    """Weighted sum of a loss over deep-supervision heads, largest first.
+
+    Each head's target is the label resized (nearest) to that head's exact
+    size, never assuming a power-of-two factor. Weights halve per level
+    (``weight_decay``) and are normalised to sum to one.
+    """
+
+    def __init__(self, loss: nn.Module, *, weight_decay: float = 0.5) -> None:
+        super().__init__()
+        self.loss, self.weight_decay = loss, weight_decay
+
+    def forward(
+        self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs, target)
+        weights = [self.weight_decay**i for i in range(len(outputs))]
+        total = sum(weights)
+        loss = outputs[0].new_zeros((), dtype=torch.float32)
+        for w, out in zip(weights, outputs):
+            t = target
+            if tuple(out.shape[2:]) != tuple(target.shape[2:]):
+                t = F.interpolate(target.float(), size=out.shape[2:], mode="nearest").long()
+            loss = loss + (w / total) * self.loss(out, t)
+        return loss
+
+
+def build_loss(cfg: dict) -> DeepSupervisionLoss:
+    """The loss from the ``loss`` config group."""
+    cfg = dict(cfg)
+    decay = cfg.pop("ds_weight_decay", 0.5)
+    return DeepSupervisionLoss(DiceCELoss(**cfg), weight_decay=decay)

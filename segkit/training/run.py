@@ -1,0 +1,186 @@
+"""``train(cfg)``: everything ``python train.py`` does, callable from tests and sweeps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from segkit.config import model_config
+from segkit.errors import ConfigError, SegkitError
+from segkit.plan import Plan, plan_unet
+from segkit.spec import UNetSpec
+
+log = logging.getLogger("segkit")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    from hydra.utils import instantiate
+
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
+    """Everything that can fail on a user's mistake, before any training starts.
+
+    Returns:
+        ``(datamodule, spec, plan, dataset_info)``.
+    """
+    from hydra.utils import instantiate
+
+    from segkit.data import SegDataModule
+
+    dm = instantiate(cfg.data)
+    if not isinstance(dm, SegDataModule):
+        raise ConfigError(f"data: expected a segkit.data.SegDataModule, got {type(dm).__name__}")
+    info = dm.dataset_info()
+    spec = UNetSpec.from_config(
+        model_config(cfg, num_channels=info.num_channels, num_classes=info.num_classes)
+    )
+    patch = [int(v) for v in cfg.data.patch_size]
+    title = (f"{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} blocks, "
+             f"{spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}")
+    plan = plan_unet(spec, patch, title=title)
+    return dm, spec, plan, info
+
+
+def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    if cfg.get("ckpt_path"):
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return str(path)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if cfg.get("resume") and last.is_file():
+        return str(last)
+    if cfg.get("resume"):
+        log.warning("resume=true but %s does not exist: starting from scratch", last)
+    return None
+
+
+def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
+    """Train as configured; returns the optimised metric and the run's metrics dict."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from segkit.training.module import SegModule
+
+    start = time.time()
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    dm, spec, plan, info = prepare(cfg)
+    (out_dir / "plan.txt").write_text(plan.table() + "\n")
+    if cfg.get("print_plan", True):
+        print(plan.table(), flush=True)
+    ckpt_path = _resume_path(cfg, out_dir)
+
+    dm.prepare_data()
+    module = SegModule(
+        model=spec.to_dict(), optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        loss=OmegaConf.to_container(cfg.loss, resolve=True),
+        patch_size=[int(v) for v in cfg.data.patch_size],
+        label_names={int(k): v for k, v in info.label_names.items()},
+        val_mode=cfg.get("val_mode", "auto"), val_overlap=float(cfg.get("val_overlap", 0.5)),
+        preprocessor=dm.preprocessor.to_dict(), compile=bool(cfg.get("compile", False)),
+        channels_last=bool(cfg.get("channels_last", False)),
+    )
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+        logger=_instantiate_all(cfg.get("logger")) or False,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+
+    history = module.val_history
+    best = max(history, key=lambda h: h["dice_mean"]) if history else None
+    final = history[-1] if history else None
+    metrics: dict[str, Any] = {
+        "status": "ok",
+        "optimized_metric": cfg.get("optimized_metric"),
+        "dice_mean_best": best["dice_mean"] if best else None,
+        "dice_best": best["dice"] if best else None,
+        "epoch_best": best["epoch"] if best else None,
+        "dice_mean_final": final["dice_mean"] if final else None,
+        "dice_final": final["dice"] if final else None,
+        "epochs": int(trainer.current_epoch),
+        "global_step": int(trainer.global_step),
+        "params": plan.params,
+        "gflops_per_patch": round(2 * plan.macs / 1e9, 3),
+        "receptive_field": list(plan.receptive_field),
+        "patch_size": list(plan.input_size),
+        "estimated_activation_mib": round(plan.activation_bytes / 2**20, 1),
+        "peak_memory_mib": _peak_memory_mib(),
+        "wall_time_s": round(time.time() - start, 1),
+        "device": _device_name(trainer),
+        "val_history": history,
+    }
+    best_ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    metrics["best_checkpoint"] = best_ckpt or None
+    if trainer.is_global_zero:
+        _write_json(out_dir / "metrics.json", metrics)
+    value = metrics["dice_mean_best"]
+    log.info("mean foreground Dice: best %s, final %s", value, metrics["dice_mean_final"])
+    return value, metrics
+
+
+def _peak_memory_mib() -> float:
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss_kib / 1024, 1)
+
+
+def _device_name(trainer: Any) -> str:
+    if torch.cuda.is_available() and trainer.strategy.root_device.type == "cuda":
+        return torch.cuda.get_device_name(trainer.strategy.root_device)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``train.py``: user mistakes print one clear line and exit 2.
+
+    In a multirun (sweep) a mistake specific to one combination (say, a depth the
+    patch cannot hold) is recorded as skipped in that job's ``metrics.json`` and
+    the sweep goes on.
+    """
+    try:
+        value, _ = train(cfg)
+        return value
+    except SegkitError as exc:
+        if _is_multirun():
+            out_dir = Path(cfg.paths.output_dir)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
+            log.error("skipped: %s", exc)
+            return float("nan")
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+__all__ = ["main", "prepare", "train"]

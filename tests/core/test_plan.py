@@ -1,0 +1,126 @@
+"""Plans: the seed article's examples, explicit stacks, totals and the memory estimate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from segkit import ShapeError
+from segkit.nn import UNet
+from segkit.nn.stack import build_stack
+from segkit.plan import plan_layers, plan_unet
+from segkit.spec import UNetSpec
+
+
+def _check_against_torch(size, cin, layers):
+    plan = plan_layers(size, cin, layers)
+    out = build_stack(size, cin, layers)(torch.randn(1, cin, *size))
+    assert out.shape == (1, plan.out_channels, *plan.output_size)
+    return plan
+
+
+def test_seed_article_valid_stride_2():
+    plan = _check_against_torch((28, 28), 3, [
+        dict(type="conv", out_channels=16, kernel_size=3, stride=2, padding="valid")])
+    assert plan.output_size == (13, 13) and plan.out_channels == 16
+
+
+def test_seed_article_same_stride_1():
+    plan = _check_against_torch((28, 28), 3, [
+        dict(type="conv", out_channels=16, kernel_size=3, stride=1, padding="same")])
+    assert plan.output_size == (28, 28) and plan.out_channels == 16
+
+
+def test_seed_article_conv_pool_transposed():
+    plan = _check_against_torch((28, 28), 3, [
+        dict(type="conv", out_channels=16, kernel_size=3, padding="same"),
+        dict(type="maxpool", kernel_size=2),
+        dict(type="transposed", out_channels=3, kernel_size=2, stride=2),
+    ])
+    sizes = [(r.out_size, r.out_channels) for r in plan.rows]
+    assert sizes == [((28, 28), 16), ((14, 14), 16), ((28, 28), 3)]
+    assert "28×28 → 14×14" in plan.table()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_generated_stacks_match_torch(data):
+    ndim = data.draw(st.sampled_from([1, 2, 3]))
+    size = tuple(data.draw(st.integers(12, 30)) for _ in range(ndim))
+    layers = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        kind = data.draw(st.sampled_from(["conv", "maxpool", "avgpool", "transposed"]))
+        k = data.draw(st.integers(1, 4))
+        layer = dict(type=kind, kernel_size=k)
+        if kind == "conv":
+            layer.update(stride=data.draw(st.integers(1, 2)), out_channels=2,
+                         padding=data.draw(st.sampled_from(["same", "valid", 0, 1])),
+                         dilation=data.draw(st.integers(1, 2)))
+        elif kind == "transposed":
+            s = data.draw(st.integers(1, 2))
+            layer.update(stride=s, out_channels=2, output_padding=data.draw(st.integers(0, s - 1)))
+        layers.append(layer)
+    try:
+        plan = plan_layers(size, 1, layers)
+    except ShapeError:
+        return
+    assume_ok = all(min(r.out_size) >= 1 for r in plan.rows)
+    if assume_ok:
+        _check_against_torch(size, 1, layers)
+
+
+def test_stack_that_shrinks_to_nothing_is_a_shape_error():
+    with pytest.raises(ShapeError, match=r"layers\[1\] \(conv\), axis 0"):
+        plan_layers((5, 5), 1, [dict(type="conv", kernel_size=3), dict(type="conv", kernel_size=5)])
+
+
+def test_plan_totals_and_dict():
+    spec = UNetSpec.from_config(depth=4, channels=8, in_channels=1, out_channels=3)
+    net = UNet(spec)
+    plan = net.plan((37, 45, 29))
+    assert plan.params == sum(p.numel() for p in net.parameters())
+    assert plan.output_size == (37, 45, 29)
+    d = json.loads(json.dumps(plan.to_dict()))
+    assert d["rows"][0]["name"] == "encoder.0.block.convs.0"
+    # conv MACs: output voxels × cin × cout × kernel volume
+    assert d["rows"][0]["macs"] == 37 * 45 * 29 * 1 * 8 * 27
+    assert plan.receptive_field == (75, 75, 75)
+    assert "receptive field   75×75×75" in plan.table()
+
+
+def _saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward (each storage counted once)."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter) and t.requires_grad is not None:
+            ptr = t.untyped_storage().data_ptr()
+            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(v for k, v in seen.items() if k not in params)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(depth=4, channels=8),
+        dict(depth=3, channels=8, block="residual", downsample="maxpool"),
+        dict(depth=3, channels=8, upsample="interpolate", norm="none", act="relu"),
+    ],
+)
+def test_activation_memory_estimate_within_15_percent_of_autograd(cfg):
+    spec = UNetSpec.from_config(dict(cfg, in_channels=1, out_channels=2, deep_supervision=False))
+    net = UNet(spec)
+    size = (33, 40, 27)
+    x = torch.randn(1, 1, *size, requires_grad=False)
+    measured = _saved_bytes(net, x)
+    estimate = plan_unet(spec, size).activation_bytes
+    assert abs(estimate - measured) / measured < 0.15, (estimate, measured)
