@@ -21,6 +21,9 @@ Overrides use Hydra's grammar, exactly as for train.py:
   segkit plan model=nnunet_default data.patch_size=[128,128,128]
 Pre-flight of a sweep (one row per combination, nothing is trained):
   segkit plan -m model.depth=3,4,5,6 model.kernel_size=3,5,7 data.patch_size=[96,96,96]
+  segkit plan -m +sweep=depth_kernel              (a preset's hydra.sweeper.params)
+  segkit plan -m hparams_search=optuna            (every combination Optuna may draw)
+  segkit plan -m +sweep=depth_kernel launcher=slurm   (also prints the sbatch script)
 
 An infeasible configuration exits with code 2 and says which stage and axis fail
 and how to fix it.
@@ -56,19 +59,31 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table())
         return 0
     from segkit.config import expand_sweep
+    from segkit.sweeps import preview_sbatch, sweep_overrides
 
+    # command-line sweeps plus a preset's hydra.sweeper.params (+sweep=..., hparams_search=...)
+    sweep = sweep_overrides(args.overrides)
+    combos = expand_sweep(sweep.overrides)
     rows = []
-    for combo in expand_sweep(args.overrides):
-        shown = " ".join(o for o in combo if o in _swept(args.overrides, combo))
+    for n, combo in enumerate(combos):
+        shown = " ".join(o for o in combo if o in _swept(sweep.overrides, combo))
         try:
             _, plan = _plan_one(combo)
             s = plan.summary()
-            rows.append((shown, "ok", f"{plan.params:,}", f"{s['gflops']:,.2f}",
-                         "×".join(map(str, plan.receptive_field)), f"{s['activation_mib']:,.0f}"))
+            rows.append((str(n), shown, "feasible", f"{plan.params:,}", f"{s['gflops']:,.2f}",
+                         "×".join(map(str, plan.receptive_field)), f"{s['activation_mib']:,.0f}",
+                         ""))
         except SegkitError as exc:
-            rows.append((shown, f"infeasible: {exc}", "", "", "", ""))
-    header = ("overrides", "status", "params", "GFLOPs", "receptive field", "act. MiB/sample")
+            rows.append((str(n), shown, "infeasible", "", "", "", "", str(exc)))
+    header = ("#", "overrides", "status", "params", "GFLOPs", "receptive field",
+              "act. MiB/sample", "reason (a sweep records these jobs as skipped)")
     print(_table([header, *rows]))
+    for entry in sweep.sampled:
+        print(f"sampled by the sweeper, not enumerated: {entry}")
+    if sweep.launcher == "submitit_slurm":
+        size = len(combos) if sweep.batch_size is None else min(sweep.batch_size, len(combos))
+        print(f"\nsbatch script of a {size}-job array (nothing is submitted):\n")
+        print(preview_sbatch(sweep.fixed, num_jobs=size).script)
     return 0
 
 
@@ -103,6 +118,15 @@ def cmd_make_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep_report(args: argparse.Namespace) -> int:
+    from segkit.sweeps.report import collect, markdown, write_report
+
+    paths = write_report(args.dir, metric=args.metric)
+    print(markdown(collect(args.dir, metric=args.metric), metric=args.metric, title=args.dir))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segkit", description="U-Net segmentation of medical volumes with exact shapes."
@@ -122,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cases", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_demo)
+
+    p = sub.add_parser("sweep-report", help="summarise a multirun: summary.csv/.md/.png",
+                       description="Collect every job's overrides and metrics.json of a "
+                       "multirun (skipped and failed jobs with their reason) into summary.csv, "
+                       "summary.md and summary.png inside MULTIRUN_DIR.")
+    p.add_argument("dir", metavar="MULTIRUN_DIR", help="the sweep's hydra.sweep.dir")
+    p.add_argument("--metric", default="dice_mean_best",
+                   help="metrics.json key to sort and plot by (default: dice_mean_best)")
+    p.set_defaults(func=cmd_sweep_report)
     return parser
 
 
