@@ -24,7 +24,7 @@ from segkit.errors import DataError
 SPACING = (1.0, 1.0, 2.5)
 LABELS = {0: "background", 1: "bright", 2: "dark", 3: "textured"}
 # Mean intensity and texture amplitude (std of smoothed noise) per class; 0 = body tissue.
-_TISSUE = {0: (100.0, 6.0), 1: (175.0, 6.0), 2: (45.0, 6.0), 3: (135.0, 22.0)}
+_TISSUE = {0: (100.0, 6.0), 1: (195.0, 6.0), 2: (35.0, 5.0), 3: (140.0, 18.0)}
 
 
 def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
@@ -53,7 +53,7 @@ def _case(rng: np.random.Generator, *, with_label: bool) -> tuple[np.ndarray, np
     label = np.zeros(shape, dtype=np.uint8)
     centres: list[np.ndarray] = []
     for cls in rng.permutation([1, 2, 3, *rng.choice([1, 2, 3], size=2, replace=False)]):
-        radii = np.array([rng.uniform(7, 13), rng.uniform(7, 13), rng.uniform(8, 15)])
+        radii = np.array([rng.uniform(8, 14), rng.uniform(8, 14), rng.uniform(10, 17)])
         for _ in range(30):  # keep blobs apart and inside the body
             centre = rng.uniform(-1, 1, size=3) * (body_r - radii - 3).clip(min=1) * 0.8
             if all(np.linalg.norm(centre - c) > 16 for c in centres):

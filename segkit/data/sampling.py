@@ -32,17 +32,26 @@ def _check_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
 
 
 class _CaseCache:
-    """Per-process LRU of memory-mapped cases (dropped when pickled to workers)."""
+    """Per-process LRU of memory-mapped cases (dropped when pickled to workers).
+
+    Each entry is ``(image, label, fg_by_class)`` where ``fg_by_class`` maps a
+    foreground class present in the case to its rows of voxel positions.
+    """
 
     def __init__(self, cases_dir: Path) -> None:
         self.cases_dir = Path(cases_dir)
-        self._open: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._open: dict[str, tuple] = {}
 
-    def get(self, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def get(self, case_id: str) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
         if case_id not in self._open:
             if len(self._open) >= _MAX_OPEN_CASES:
                 self._open.pop(next(iter(self._open)))
-            self._open[case_id] = open_case(self.cases_dir, case_id)
+            image, label, fg = open_case(self.cases_dir, case_id)
+            classes, starts = np.unique(fg[:, 0], return_index=True)
+            bounds = [*starts.tolist(), len(fg)]
+            # Rows are stored grouped by class (see cache._process_case).
+            by_class = {int(c): fg[bounds[i] : bounds[i + 1], 1:] for i, c in enumerate(classes)}
+            self._open[case_id] = (image, label, by_class)
         return self._open[case_id]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -114,20 +123,23 @@ class PatchDataset(Dataset):
         shape = np.array(label.shape)
         patch = np.array(self._patch3d())
         low, high = np.minimum(0, shape - patch), np.maximum(0, shape - patch)
-        if forced and len(fg):
-            cls = rng.choice(np.unique(fg[:, 0]))
-            rows = fg[fg[:, 0] == cls]
-            centre = rows[int(rng.integers(len(rows))), 1:]
+        if forced and fg:
+            rows = fg[int(rng.choice(list(fg)))]
+            centre = rows[int(rng.integers(len(rows)))]
             lower = np.clip(centre - patch // 2, low, high)
         else:
-            lower = np.array([rng.integers(lo, hi + 1) for lo, hi in zip(low, high)])
+            lower = rng.integers(low, high + 1)
         src_lo, src_hi = np.maximum(lower, 0), np.minimum(lower + patch, shape)
         src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
-        dst = tuple(slice(a, b) for a, b in zip(src_lo - lower, src_hi - lower))
-        out_img = np.zeros((image.shape[0], *patch), dtype=np.float32)
-        out_lab = np.zeros(tuple(patch), dtype=np.int64)
-        out_img[(slice(None), *dst)] = image[(slice(None), *src)]
-        out_lab[dst] = label[src]
+        if (src_hi - src_lo == patch).all():  # no padding needed: skip zero-filling
+            out_img = np.array(image[(slice(None), *src)], dtype=np.float32)
+            out_lab = label[src].astype(np.int64)
+        else:
+            dst = tuple(slice(a, b) for a, b in zip(src_lo - lower, src_hi - lower))
+            out_img = np.zeros((image.shape[0], *patch), dtype=np.float32)
+            out_lab = np.zeros(tuple(patch), dtype=np.int64)
+            out_img[(slice(None), *dst)] = image[(slice(None), *src)]
+            out_lab[dst] = label[src]
         if len(self.patch_size) == 2:
             out_img = out_img.squeeze(1 + self.slice_axis)
             out_lab = out_lab.squeeze(self.slice_axis)
