@@ -16,8 +16,11 @@ from segkit.errors import ConfigError
 
 def conf_dir() -> Path:
     """The ``conf/`` directory: ``$SEGKIT_CONF``, ``./conf``, or the repo's beside the package."""
-    candidates = [os.environ.get("SEGKIT_CONF"), Path.cwd() / "conf",
-                  Path(__file__).resolve().parents[1] / "conf"]
+    candidates = [
+        os.environ.get("SEGKIT_CONF"),
+        Path.cwd() / "conf",
+        Path(__file__).resolve().parents[1] / "conf",
+    ]
     for c in candidates:
         if c and (Path(c) / "train.yaml").is_file():
             return Path(c).resolve()
@@ -43,7 +46,8 @@ def compose(
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             return hydra_compose(
-                config_name=config_name, overrides=list(overrides),
+                config_name=config_name,
+                overrides=list(overrides),
                 return_hydra_config=hydra_config,
             )
     except (HydraException, OmegaConfBaseException) as exc:
@@ -51,7 +55,7 @@ def compose(
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
-    """Cartesian product of Hydra sweep overrides (``model.depth=3,4,5``) as plain override lists."""
+    """Cartesian product of sweep overrides (``model.depth=3,4,5``) as plain override lists."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -89,10 +93,10 @@ def model_config(
         ConfigError: ``model.in_channels``/``out_channels`` disagree with the dataset.
     """
     model = OmegaConf.to_container(cfg.model, resolve=True)
-    for key, value, what in (("in_channels", num_channels, "channels (dataset.json "
-                              "channel_names/modality)"),
-                             ("out_channels", num_classes, "classes incl. background "
-                              "(dataset.json labels)")):
+    for key, value, what in (
+        ("in_channels", num_channels, "channels (dataset.json channel_names/modality)"),
+        ("out_channels", num_classes, "classes incl. background (dataset.json labels)"),
+    ):
         if model.get(key) is None:
             model[key] = value if value is not None else (1 if key == "in_channels" else 2)
         elif value is not None and model[key] != value:

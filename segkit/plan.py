@@ -98,8 +98,17 @@ class Plan:
 
     def table(self) -> str:
         """Human-readable table, one row per layer, then the totals."""
-        header = ("layer", "op", "kernel", "stride", "padding", "out_pad/crop",
-                  "in → out size", "channels", "params")
+        header = (
+            "layer",
+            "op",
+            "kernel",
+            "stride",
+            "padding",
+            "out_pad/crop",
+            "in → out size",
+            "channels",
+            "params",
+        )
         lines = [header]
         for r in self.rows:
             fix = ""
@@ -107,16 +116,19 @@ class Plan:
                 fix = "op " + _axes(r.output_padding)
             if r.crop is not None and any(r.crop):
                 fix += (" " if fix else "") + "crop " + _axes(r.crop)
-            lines.append((
-                r.name, r.op,
-                _axes(r.kernel) if r.kernel else "",
-                _axes(r.stride) if r.stride else "",
-                _pads(r.padding) if r.padding else "",
-                fix,
-                f"{_axes(r.in_size)} → {_axes(r.out_size)}",
-                f"{r.in_channels} → {r.out_channels}",
-                f"{r.params:,}" if r.params else "",
-            ))
+            lines.append(
+                (
+                    r.name,
+                    r.op,
+                    _axes(r.kernel) if r.kernel else "",
+                    _axes(r.stride) if r.stride else "",
+                    _pads(r.padding) if r.padding else "",
+                    fix,
+                    f"{_axes(r.in_size)} → {_axes(r.out_size)}",
+                    f"{r.in_channels} → {r.out_channels}",
+                    f"{r.params:,}" if r.params else "",
+                )
+            )
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         out = [self.title] if self.title else []
         for n, line in enumerate(lines):
@@ -129,7 +141,8 @@ class Plan:
             f"input {_axes(self.input_size)} × {self.in_channels} ch  →  output "
             f"{_axes(self.output_size)} × {self.out_channels} ch",
             f"params            {self.params:,}",
-            f"forward           {self.macs / 1e9:,.3f} GMACs ({s['gflops']:,.3f} GFLOPs) per sample",
+            f"forward           {self.macs / 1e9:,.3f} GMACs "
+            f"({s['gflops']:,.3f} GFLOPs) per sample",
             f"receptive field   {_axes(self.receptive_field)}",
             f"activations       {s['activation_mib']:,.1f} MiB per sample (training, fp32; "
             "about half under bf16)",
@@ -185,8 +198,17 @@ def _check_input(spec: UNetSpec, size: Size) -> None:
 
 
 def _conv_row(
-    name: str, stage: str, spec: UNetSpec, level: int, size: Size, cin: int, cout: int,
-    stride: Size, *, act: bool = True, op: str = "conv",
+    name: str,
+    stage: str,
+    spec: UNetSpec,
+    level: int,
+    size: Size,
+    cin: int,
+    cout: int,
+    stride: Size,
+    *,
+    act: bool = True,
+    op: str = "conv",
 ) -> LayerRow:
     pads = spec.conv_padding(level)
     kernel, dil = spec.kernel_size[level], spec.dilation[level]
@@ -205,15 +227,32 @@ def _conv_row(
     if spec.dropout and act:
         per_out += 1
     return LayerRow(
-        name=name, stage=stage, op=op, kernel=kernel, stride=stride, padding=pads,
-        in_size=size, out_size=out, in_channels=cin, out_channels=cout, params=params,
-        macs=_prod(out) * cin * cout * _prod(kernel), saved=per_out * _prod(out) * cout,
+        name=name,
+        stage=stage,
+        op=op,
+        kernel=kernel,
+        stride=stride,
+        padding=pads,
+        in_size=size,
+        out_size=out,
+        in_channels=cin,
+        out_channels=cout,
+        params=params,
+        macs=_prod(out) * cin * cout * _prod(kernel),
+        saved=per_out * _prod(out) * cout,
     )
 
 
 def _block_rows(
-    prefix: str, stage: str, spec: UNetSpec, level: int, size: Size, cin: int, cout: int,
-    n_convs: int, stride: Size,
+    prefix: str,
+    stage: str,
+    spec: UNetSpec,
+    level: int,
+    size: Size,
+    cin: int,
+    cout: int,
+    n_convs: int,
+    stride: Size,
 ) -> list[LayerRow]:
     rows = []
     c, cur = cin, size
@@ -221,8 +260,15 @@ def _block_rows(
     for j in range(n_convs):
         last = j == n_convs - 1
         row = _conv_row(
-            f"{prefix}.convs.{j}", stage, spec, level, cur, c, cout,
-            stride if j == 0 else (1,) * len(size), act=not (residual and last),
+            f"{prefix}.convs.{j}",
+            stage,
+            spec,
+            level,
+            cur,
+            c,
+            cout,
+            stride if j == 0 else (1,) * len(size),
+            act=not (residual and last),
         )
         rows.append(row)
         c, cur = cout, row.out_size
@@ -231,13 +277,23 @@ def _block_rows(
     if residual and (cin != cout or any(s != 1 for s in stride)):
         out = tuple(conv_out(n, 1, s) for n, s in zip(size, stride))
         norm = spec.norm[0]
-        rows.append(LayerRow(
-            name=f"{prefix}.shortcut", stage=stage, op="conv 1×1 (shortcut)",
-            kernel=(1,) * len(size), stride=stride, padding=((0, 0),) * len(size),
-            in_size=size, out_size=out, in_channels=cin, out_channels=cout,
-            params=cin * cout + (cout if spec.conv_bias else 0) + _NORM_PARAMS[norm] * cout,
-            macs=_prod(out) * cin * cout, saved=(_prod(out) * cout if norm != "none" else 0),
-        ))
+        rows.append(
+            LayerRow(
+                name=f"{prefix}.shortcut",
+                stage=stage,
+                op="conv 1×1 (shortcut)",
+                kernel=(1,) * len(size),
+                stride=stride,
+                padding=((0, 0),) * len(size),
+                in_size=size,
+                out_size=out,
+                in_channels=cin,
+                out_channels=cout,
+                params=cin * cout + (cout if spec.conv_bias else 0) + _NORM_PARAMS[norm] * cout,
+                macs=_prod(out) * cin * cout,
+                saved=(_prod(out) * cout if norm != "none" else 0),
+            )
+        )
     return rows
 
 
@@ -263,7 +319,8 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
                     fit = _largest_depth(spec, size)
                     raise ShapeError(
                         f"stage {i}, axis {a}: {cur[a]} voxels cannot be downsampled by stride "
-                        f"{stride[a]} (input {list(size)} shrinks to {list(cur)} at stage {i - 1}). "
+                        f"{stride[a]} (input {list(size)} shrinks to {list(cur)} "
+                        f"at stage {i - 1}). "
                         f"Fix: an input of at least {list(minimum)} "
                         f"(axis {a} ≥ {minimum[a]}), or model.depth={fit} for this input, or "
                         f"stride 1 on axis {a} from stage {i}."
@@ -271,17 +328,34 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
         if spec.pooling and i > 0:
             out = tuple(conv_out(n, s, s) for n, s in zip(cur, stride))
             extra = 2 if spec.downsample == "maxpool" else 0  # int64 indices
-            rows.append(LayerRow(
-                name=f"encoder.{i}.down", stage=f"enc{i}", op=spec.downsample, kernel=stride,
-                stride=stride, padding=((0, 0),) * ndim, in_size=cur, out_size=out,
-                in_channels=cin, out_channels=cin, saved=extra * _prod(out) * cin,
-            ))
+            rows.append(
+                LayerRow(
+                    name=f"encoder.{i}.down",
+                    stage=f"enc{i}",
+                    op=spec.downsample,
+                    kernel=stride,
+                    stride=stride,
+                    padding=((0, 0),) * ndim,
+                    in_size=cur,
+                    out_size=out,
+                    in_channels=cin,
+                    out_channels=cin,
+                    saved=extra * _prod(out) * cin,
+                )
+            )
             cur, conv_stride = out, (1,) * ndim
         else:
             conv_stride = stride
         block = _block_rows(
-            f"encoder.{i}.block", f"enc{i}", spec, i, cur, cin, spec.channels[i],
-            spec.convs_per_stage[i], conv_stride,
+            f"encoder.{i}.block",
+            f"enc{i}",
+            spec,
+            i,
+            cur,
+            cin,
+            spec.channels[i],
+            spec.convs_per_stage[i],
+            conv_stride,
         )
         rows += block
         cur, cin = _block_out(block), spec.channels[i]
@@ -293,14 +367,31 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
         cout = spec.channels[i]
         skip = skips[i]
         rows.append(_up_row(spec, i, cur, skip, cin, cout))
-        rows.append(LayerRow(
-            name=f"decoder.{i}.cat", stage=f"dec{i}", op="concat skip", kernel=(), stride=(),
-            padding=(), in_size=skip, out_size=skip, in_channels=cout, out_channels=2 * cout,
-            saved=_prod(skip) * 2 * cout,
-        ))
+        rows.append(
+            LayerRow(
+                name=f"decoder.{i}.cat",
+                stage=f"dec{i}",
+                op="concat skip",
+                kernel=(),
+                stride=(),
+                padding=(),
+                in_size=skip,
+                out_size=skip,
+                in_channels=cout,
+                out_channels=2 * cout,
+                saved=_prod(skip) * 2 * cout,
+            )
+        )
         block = _block_rows(
-            f"decoder.{i}.block", f"dec{i}", spec, i, skip, 2 * cout, cout,
-            spec.convs_per_stage_decoder[i], (1,) * ndim,
+            f"decoder.{i}.block",
+            f"dec{i}",
+            spec,
+            i,
+            skip,
+            2 * cout,
+            cout,
+            spec.convs_per_stage_decoder[i],
+            (1,) * ndim,
         )
         rows += block
         cur, cin = _block_out(block), cout
@@ -312,11 +403,17 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
     if cur != size:  # cannot happen: the solver is exact; guard the invariant loudly
         raise AssertionError(f"internal error: plan output {cur} != input {size}")
     return Plan(
-        rows=tuple(rows), input_size=size, output_size=cur, in_channels=spec.in_channels,
-        out_channels=spec.out_channels, params=sum(r.params for r in rows),
-        macs=sum(r.macs for r in rows), receptive_field=_unet_rf(spec),
+        rows=tuple(rows),
+        input_size=size,
+        output_size=cur,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        params=sum(r.params for r in rows),
+        macs=sum(r.macs for r in rows),
+        receptive_field=_unet_rf(spec),
         activation_bytes=_BYTES * (sum(r.saved for r in rows) + _prod(size) * spec.in_channels),
-        min_input_size=minimum, title=title,
+        min_input_size=minimum,
+        title=title,
     )
 
 
@@ -359,13 +456,24 @@ def _up_row(spec: UNetSpec, level: int, size: Size, skip: Size, cin: int, cout: 
     """Upsampling from stage ``level + 1`` to the skip of stage ``level``."""
     ndim = spec.spatial_dims
     stride = spec.strides[level + 1]
-    common = dict(name=f"decoder.{level}.up", stage=f"dec{level}", stride=stride, in_size=size,
-                  out_size=skip, in_channels=cin, out_channels=cout)
+    common = dict(
+        name=f"decoder.{level}.up",
+        stage=f"dec{level}",
+        stride=stride,
+        in_size=size,
+        out_size=skip,
+        in_channels=cin,
+        out_channels=cout,
+    )
     if spec.upsample == "interpolate":
         return LayerRow(
-            op=f"interp ({spec.interp_mode}) + conv 1×1", kernel=(1,) * ndim,
-            padding=((0, 0),) * ndim, params=cin * cout + (cout if spec.conv_bias else 0),
-            macs=_prod(skip) * cin * cout, saved=_prod(skip) * cin, **common,
+            op=f"interp ({spec.interp_mode}) + conv 1×1",
+            kernel=(1,) * ndim,
+            padding=((0, 0),) * ndim,
+            params=cin * cout + (cout if spec.conv_bias else 0),
+            macs=_prod(skip) * cin * cout,
+            saved=_prod(skip) * cin,
+            **common,
         )
     kernel = spec.up_kernel_size[level]
     downs = spec.downsamples(level + 1)
@@ -377,10 +485,14 @@ def _up_row(spec: UNetSpec, level: int, size: Size, skip: Size, cin: int, cout: 
     if tuple(r - f.crop for r, f in zip(raw, fits)) != skip:  # invariant of fit_transposed
         raise AssertionError(f"internal error: transposed conv {raw} does not fit skip {skip}")
     return LayerRow(
-        op="transposed conv", kernel=kernel, padding=tuple((f.padding, f.padding) for f in fits),
-        output_padding=tuple(f.output_padding for f in fits), crop=tuple(f.crop for f in fits),
+        op="transposed conv",
+        kernel=kernel,
+        padding=tuple((f.padding, f.padding) for f in fits),
+        output_padding=tuple(f.output_padding for f in fits),
+        crop=tuple(f.crop for f in fits),
         params=cin * cout * _prod(kernel) + (cout if spec.conv_bias else 0),
-        macs=_prod(size) * cin * cout * _prod(kernel), **common,
+        macs=_prod(size) * cin * cout * _prod(kernel),
+        **common,
     )
 
 
@@ -388,10 +500,19 @@ def _head_row(spec: UNetSpec, level: int, size: Size, cin: int) -> LayerRow:
     ndim = spec.spatial_dims
     cout = spec.out_channels
     return LayerRow(
-        name=f"heads.{level}", stage="head" if level == 0 else f"ds{level}", op="conv 1×1 (logits)",
-        kernel=(1,) * ndim, stride=(1,) * ndim, padding=((0, 0),) * ndim, in_size=size,
-        out_size=size, in_channels=cin, out_channels=cout, params=cin * cout + cout,
-        macs=_prod(size) * cin * cout, saved=_prod(size) * cout,
+        name=f"heads.{level}",
+        stage="head" if level == 0 else f"ds{level}",
+        op="conv 1×1 (logits)",
+        kernel=(1,) * ndim,
+        stride=(1,) * ndim,
+        padding=((0, 0),) * ndim,
+        in_size=size,
+        out_size=size,
+        in_channels=cin,
+        out_channels=cout,
+        params=cin * cout + cout,
+        macs=_prod(size) * cin * cout,
+        saved=_prod(size) * cout,
     )
 
 
@@ -426,8 +547,11 @@ STACK_OPS = ("conv", "maxpool", "avgpool", "transposed")
 
 
 def plan_layers(
-    input_size: Sequence[int], in_channels: int, layers: Sequence[Mapping[str, Any]],
-    *, title: str = "",
+    input_size: Sequence[int],
+    in_channels: int,
+    layers: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "",
 ) -> Plan:
     """Plan an explicit stack of layers, e.g. the seed article's examples.
 
@@ -451,14 +575,19 @@ def plan_layers(
             raise ShapeError(f"layers[{n}].type: got {kind!r}; allowed: {', '.join(STACK_OPS)}")
         kernel = to_tuple(layer["kernel_size"], ndim, name=f"layers[{n}].kernel_size")
         pool = kind in ("maxpool", "avgpool")
-        stride = to_tuple(layer.get("stride", kernel if pool else 1), ndim,
-                          name=f"layers[{n}].stride")
+        stride = to_tuple(
+            layer.get("stride", kernel if pool else 1), ndim, name=f"layers[{n}].stride"
+        )
         dil = to_tuple(layer.get("dilation", 1), ndim, name=f"layers[{n}].dilation")
         cout = c if pool else int(layer.get("out_channels", c))
         if kind == "transposed":
             pad = to_tuple(layer.get("padding", 0), ndim, name=f"layers[{n}].padding")
-            opad = to_tuple(layer.get("output_padding", 0), ndim, name=f"layers[{n}].output_padding")
-            out = tuple(conv_transpose_out(*args) for args in zip(size, kernel, stride, pad, opad, dil))
+            opad = to_tuple(
+                layer.get("output_padding", 0), ndim, name=f"layers[{n}].output_padding"
+            )
+            out = tuple(
+                conv_transpose_out(*args) for args in zip(size, kernel, stride, pad, opad, dil)
+            )
             pads = tuple((p, p) for p in pad)
             macs = _prod(size) * c * cout * _prod(kernel)
             for a in range(ndim):
@@ -481,21 +610,40 @@ def plan_layers(
             axis = next(a for a, v in enumerate(out) if v < 1)
             raise ShapeError(
                 f"layers[{n}] ({kind}), axis {axis}: input {size[axis]} gives output "
-                f"{out[axis]} < 1; use padding='same', a smaller kernel or stride, or a larger input"
+                f"{out[axis]} < 1; use padding='same', a smaller kernel or stride, "
+                "or a larger input"
             )
         params = 0 if pool else c * cout * _prod(kernel) + cout
-        rows.append(LayerRow(
-            name=f"layers.{n}", stage=str(n), op=kind, kernel=kernel, stride=stride, padding=pads,
-            in_size=size, out_size=out, in_channels=c, out_channels=cout, params=params,
-            macs=macs, output_padding=opad, saved=_prod(out) * cout,
-        ))
+        rows.append(
+            LayerRow(
+                name=f"layers.{n}",
+                stage=str(n),
+                op=kind,
+                kernel=kernel,
+                stride=stride,
+                padding=pads,
+                in_size=size,
+                out_size=out,
+                in_channels=c,
+                out_channels=cout,
+                params=params,
+                macs=macs,
+                output_padding=opad,
+                saved=_prod(out) * cout,
+            )
+        )
         size, c = out, cout
     return Plan(
-        rows=tuple(rows), input_size=tuple(int(v) for v in input_size), output_size=size,
-        in_channels=in_channels, out_channels=c, params=sum(r.params for r in rows),
+        rows=tuple(rows),
+        input_size=tuple(int(v) for v in input_size),
+        output_size=size,
+        in_channels=in_channels,
+        out_channels=c,
+        params=sum(r.params for r in rows),
         macs=sum(r.macs for r in rows),
         receptive_field=tuple(receptive_field(ch) for ch in chain),
-        activation_bytes=_BYTES * sum(r.saved for r in rows), title=title,
+        activation_bytes=_BYTES * sum(r.saved for r in rows),
+        title=title,
     )
 
 

@@ -22,7 +22,11 @@ def effective_kernel(kernel: int, dilation: int = 1) -> int:
 
 
 def conv_out(
-    size: int, kernel: int, stride: int = 1, pad_lo: int = 0, pad_hi: int | None = None,
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    pad_lo: int = 0,
+    pad_hi: int | None = None,
     dilation: int = 1,
 ) -> int:
     """Output size of a convolution or pooling along one axis (PyTorch's floor rule).
@@ -43,7 +47,11 @@ def conv_out(
 
 
 def conv_transpose_out(
-    size: int, kernel: int, stride: int = 1, padding: int = 0, output_padding: int = 0,
+    size: int,
+    kernel: int,
+    stride: int = 1,
+    padding: int = 0,
+    output_padding: int = 0,
     dilation: int = 1,
 ) -> int:
     """Output size of a transposed convolution along one axis."""

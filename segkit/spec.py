@@ -48,7 +48,9 @@ def _as_list(value: Any) -> list | None:
 
 def _positive_int(value: Any, key: str, *, minimum: int = 1) -> int:
     if not _is_int(value):
-        raise ConfigError(f"model.{key}: expected an integer, got {value!r} ({type(value).__name__})")
+        raise ConfigError(
+            f"model.{key}: expected an integer, got {value!r} ({type(value).__name__})"
+        )
     if value < minimum:
         raise ConfigError(f"model.{key}: must be >= {minimum}, got {value}")
     return int(value)
@@ -118,7 +120,9 @@ def parse_choice(value: Any, key: str, allowed: Sequence[str]) -> Choice:
             raise ConfigError(f"model.{key}: a mapping needs a 'name' key, got {dict(value)!r}")
         kwargs = {str(k): v for k, v in value.items() if k != "name"}
         name = value["name"]
-    elif (items := _as_list(value)) is not None and len(items) == 2 and isinstance(items[1], Mapping):
+    elif (
+        (items := _as_list(value)) is not None and len(items) == 2 and isinstance(items[1], Mapping)
+    ):
         name, kwargs = items[0], dict(items[1])
     else:
         raise ConfigError(
@@ -183,15 +187,33 @@ class UNetSpec:
         raw.pop("_target_", None)
         raw.pop("_convert_", None)
         known = {
-            "spatial_dims", "in_channels", "out_channels", "depth", "channels", "max_channels",
-            "kernel_size", "strides", "dilation", "convs_per_stage", "convs_per_stage_decoder",
-            "block", "norm", "act", "dropout", "downsample", "upsample", "up_kernel_size",
-            "deep_supervision", "conv_bias", "interp_mode",
+            "spatial_dims",
+            "in_channels",
+            "out_channels",
+            "depth",
+            "channels",
+            "max_channels",
+            "kernel_size",
+            "strides",
+            "dilation",
+            "convs_per_stage",
+            "convs_per_stage_decoder",
+            "block",
+            "norm",
+            "act",
+            "dropout",
+            "downsample",
+            "upsample",
+            "up_kernel_size",
+            "deep_supervision",
+            "conv_bias",
+            "interp_mode",
         }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ConfigError(
-                f"model: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+                f"model: unknown key(s) {', '.join(unknown)}; "
+                f"known keys: {', '.join(sorted(known))}"
             )
         ndim = raw.get("spatial_dims", 3)
         if ndim not in (1, 2, 3) or not _is_int(ndim):
@@ -236,7 +258,11 @@ class UNetSpec:
             up_kernel = per_stage_axes(up_raw, "up_kernel_size", depth - 1, ndim)
 
         dropout = raw.get("dropout", 0.0)
-        if not isinstance(dropout, numbers.Real) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        if (
+            not isinstance(dropout, numbers.Real)
+            or isinstance(dropout, bool)
+            or not 0 <= dropout < 1
+        ):
             raise ConfigError(f"model.dropout: expected a probability in [0, 1), got {dropout!r}")
         interp = raw.get("interp_mode", "linear")
         if interp not in ("linear", "nearest"):
@@ -289,8 +315,11 @@ class UNetSpec:
         return tuple(
             Downsample(k, s, lo, hi, d)
             for k, s, d, (lo, hi) in zip(
-                self.kernel_size[stage], self.strides[stage], self.dilation[stage],
-                self.conv_padding(stage), strict=True,
+                self.kernel_size[stage],
+                self.strides[stage],
+                self.dilation[stage],
+                self.conv_padding(stage),
+                strict=True,
             )
         )
 

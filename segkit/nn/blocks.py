@@ -22,8 +22,14 @@ class ConvNormAct(nn.Module):
     """conv → norm → (dropout) → act, with "same" padding (asymmetric when needed)."""
 
     def __init__(
-        self, spec: UNetSpec, level: int, cin: int, cout: int, stride: Sequence[int],
-        *, activate: bool = True,
+        self,
+        spec: UNetSpec,
+        level: int,
+        cin: int,
+        cout: int,
+        stride: Sequence[int],
+        *,
+        activate: bool = True,
     ) -> None:
         super().__init__()
         ndim = spec.spatial_dims
@@ -32,9 +38,13 @@ class ConvNormAct(nn.Module):
         # Asymmetric (even-kernel) padding goes through F.pad; symmetric stays in the conv.
         self.pad = None if symmetric else _f_pad(pads)
         self.conv = layers.conv(ndim)(
-            cin, cout, spec.kernel_size[level], stride=tuple(stride),
+            cin,
+            cout,
+            spec.kernel_size[level],
+            stride=tuple(stride),
             padding=tuple(lo for lo, _ in pads) if symmetric else 0,
-            dilation=spec.dilation[level], bias=spec.conv_bias,
+            dilation=spec.dilation[level],
+            bias=spec.conv_bias,
         )
         self.norm = layers.norm(spec.norm, ndim, cout)
         self.drop = layers.dropout(spec.dropout, ndim) if activate else nn.Identity()
@@ -78,7 +88,11 @@ class ResidualBlock(PlainBlock):
         super().__init__(spec, level, cin, cout, n, stride)
         ndim = spec.spatial_dims
         self.convs[-1] = ConvNormAct(
-            spec, level, cin if n == 1 else cout, cout, stride if n == 1 else (1,) * ndim,
+            spec,
+            level,
+            cin if n == 1 else cout,
+            cout,
+            stride if n == 1 else (1,) * ndim,
             activate=False,
         )
         self.shortcut: nn.Module = nn.Identity()
@@ -108,9 +122,7 @@ class UpTransposed(nn.Module):
     size comes back exactly.
     """
 
-    def __init__(
-        self, spec: UNetSpec, level: int, cin: int, cout: int
-    ) -> None:
+    def __init__(self, spec: UNetSpec, level: int, cin: int, cout: int) -> None:
         super().__init__()
         self.downs: tuple[Downsample, ...] = spec.downsamples(level + 1)
         self.kernel = spec.up_kernel_size[level]
@@ -147,7 +159,8 @@ class UpInterp(nn.Module):
         super().__init__()
         ndim = spec.spatial_dims
         self.mode = (
-            "nearest" if spec.interp_mode == "nearest"
+            "nearest"
+            if spec.interp_mode == "nearest"
             else {1: "linear", 2: "bilinear", 3: "trilinear"}[ndim]
         )
         self.conv = layers.conv(ndim)(cin, cout, 1, bias=spec.conv_bias)

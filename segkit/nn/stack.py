@@ -31,10 +31,17 @@ def build_stack(
     for row, spec in zip(plan.rows, specs):
         dil = spec.get("dilation", 1)
         if row.op == "transposed":
-            mods.append(layers.conv_transpose(ndim)(
-                row.in_channels, row.out_channels, row.kernel, row.stride,
-                padding=tuple(lo for lo, _ in row.padding), output_padding=row.output_padding,
-                dilation=dil))
+            mods.append(
+                layers.conv_transpose(ndim)(
+                    row.in_channels,
+                    row.out_channels,
+                    row.kernel,
+                    row.stride,
+                    padding=tuple(lo for lo, _ in row.padding),
+                    output_padding=row.output_padding,
+                    dilation=dil,
+                )
+            )
             continue
         if any(lo != hi for lo, hi in row.padding):
             mods.append(_Pad([p for lo_hi in reversed(row.padding) for p in lo_hi]))
@@ -42,8 +49,16 @@ def build_stack(
         else:
             pad = tuple(lo for lo, _ in row.padding)
         if row.op == "conv":
-            mods.append(layers.conv(ndim)(row.in_channels, row.out_channels, row.kernel,
-                                          row.stride, padding=pad, dilation=dil))
+            mods.append(
+                layers.conv(ndim)(
+                    row.in_channels,
+                    row.out_channels,
+                    row.kernel,
+                    row.stride,
+                    padding=pad,
+                    dilation=dil,
+                )
+            )
         else:
             mods.append(layers.pool(row.op, ndim, row.kernel))
     return nn.Sequential(*mods)

@@ -39,7 +39,11 @@ class DecoderStage(nn.Module):
         up = UpInterp if spec.upsample == "interpolate" else UpTransposed
         self.up = up(spec, level, cin, cout)
         self.block = make_block(
-            spec, level, 2 * cout, cout, spec.convs_per_stage_decoder[level],
+            spec,
+            level,
+            2 * cout,
+            cout,
+            spec.convs_per_stage_decoder[level],
             (1,) * spec.spatial_dims,
         )
 

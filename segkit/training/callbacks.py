@@ -28,8 +28,9 @@ def _pick_slices(label: np.ndarray, n: int) -> list[int]:
     return sorted({int(round(p)) for p in picks}) or [depth // 2]
 
 
-def render_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, *, title: str,
-                num_slices: int = 3) -> Any:
+def render_case(
+    image: np.ndarray, label: np.ndarray, pred: np.ndarray, *, title: str, num_slices: int = 3
+) -> Any:
     """A figure: one row per slice with image, ground truth and prediction overlays."""
     import matplotlib
 
@@ -44,13 +45,21 @@ def render_case(image: np.ndarray, label: np.ndarray, pred: np.ndarray, *, title
     lo, hi = np.percentile(image, [1, 99])
     for row, z in zip(axes, slices):
         img = image[..., z].T
-        for ax, overlay, name in zip(row, (None, label[..., z].T, pred[..., z].T),
-                                     ("image", "ground truth", "prediction")):
+        for ax, overlay, name in zip(
+            row, (None, label[..., z].T, pred[..., z].T), ("image", "ground truth", "prediction")
+        ):
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, origin="lower")
             if overlay is not None:
                 masked = np.ma.masked_where(overlay == 0, overlay)
-                ax.imshow(masked, cmap="tab10", vmin=0, vmax=max(k, 9), alpha=0.5,
-                          origin="lower", interpolation="nearest")
+                ax.imshow(
+                    masked,
+                    cmap="tab10",
+                    vmin=0,
+                    vmax=max(k, 9),
+                    alpha=0.5,
+                    origin="lower",
+                    interpolation="nearest",
+                )
             ax.set_title(f"{name} (slice {z})", fontsize=9)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
@@ -97,16 +106,23 @@ class ValidationPictures(pl.Callback):
 
         epoch = trainer.current_epoch
         dice = trainer.callback_metrics.get("val/dice_mean")
-        title = f"{example['case']} — epoch {epoch}" + (f", mean Dice {float(dice):.3f}"
-                                                          if dice is not None else "")
-        fig = render_case(example["image"][0].numpy(), example["label"].numpy(),
-                          example["pred"].numpy(), title=title, num_slices=self.num_slices)
+        title = f"{example['case']} — epoch {epoch}" + (
+            f", mean Dice {float(dice):.3f}" if dice is not None else ""
+        )
+        fig = render_case(
+            example["image"][0].numpy(),
+            example["label"].numpy(),
+            example["pred"].numpy(),
+            title=title,
+            num_slices=self.num_slices,
+        )
         rgb = _figure_to_png(fig, self._dir(trainer) / "pictures" / f"val_epoch{epoch:03d}.png")
         plt.close(fig)
         for logger in trainer.loggers:
             if isinstance(logger, pl.loggers.TensorBoardLogger):
-                logger.experiment.add_image("val/example", rgb, trainer.global_step,
-                                            dataformats="HWC")
+                logger.experiment.add_image(
+                    "val/example", rgb, trainer.global_step, dataformats="HWC"
+                )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
@@ -128,8 +144,7 @@ class ValidationPictures(pl.Callback):
             epochs = [h["epoch"] for h in history]
             a2.plot(epochs, [h["dice_mean"] for h in history], marker="o", lw=2, label="mean")
             for name in history[-1]["dice"]:
-                a2.plot(epochs, [h["dice"].get(name, np.nan) for h in history], ls="--",
-                        label=name)
+                a2.plot(epochs, [h["dice"].get(name, np.nan) for h in history], ls="--", label=name)
             a2.legend(fontsize=8)
         a2.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1), title="Dice")
         fig.tight_layout()

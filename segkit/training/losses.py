@@ -22,12 +22,21 @@ class DiceCELoss(nn.Module):
     """
 
     def __init__(
-        self, *, dice_weight: float = 1.0, ce_weight: float = 1.0, batch_dice: bool = True,
-        include_background: bool = False, smooth: float = 1e-5,
+        self,
+        *,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        batch_dice: bool = True,
+        include_background: bool = False,
+        smooth: float = 1e-5,
     ) -> None:
         super().__init__()
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
-        self.batch_dice, self.include_background, self.smooth = batch_dice, include_background, smooth
+        self.batch_dice, self.include_background, self.smooth = (
+            batch_dice,
+            include_background,
+            smooth,
+        )
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (N, K, *S); ``target`` (N, 1, *S) or (N, *S) integer labels."""
@@ -43,7 +52,9 @@ class DiceCELoss(nn.Module):
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
             start = 0 if self.include_background else 1
             probs, onehot = probs[:, start:], onehot[:, start:]
-            dims = (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
+            dims = (
+                (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
+            )
             inter = (probs * onehot).sum(dims)
             denom = probs.sum(dims) + onehot.sum(dims)
             dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-8)

@@ -36,10 +36,17 @@ class SegModule(pl.LightningModule):
     """
 
     def __init__(
-        self, *, model: dict[str, Any], optim: dict[str, Any], loss: dict[str, Any],
-        patch_size: list[int], label_names: dict[int, str] | None = None,
-        val_mode: str = "auto", val_overlap: float = 0.5,
-        preprocessor: dict[str, Any] | None = None, compile: bool = False,
+        self,
+        *,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        loss: dict[str, Any],
+        patch_size: list[int],
+        label_names: dict[int, str] | None = None,
+        val_mode: str = "auto",
+        val_overlap: float = 0.5,
+        preprocessor: dict[str, Any] | None = None,
+        compile: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__()
@@ -52,8 +59,9 @@ class SegModule(pl.LightningModule):
         }
         self._memory_format = None
         if channels_last:
-            self._memory_format = (torch.channels_last_3d if self.spec.spatial_dims == 3
-                                   else torch.channels_last)
+            self._memory_format = (
+                torch.channels_last_3d if self.spec.spatial_dims == 3 else torch.channels_last
+            )
             self.net = self.net.to(memory_format=self._memory_format)
         self._forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self._val_dice: list[torch.Tensor] = []
@@ -68,8 +76,14 @@ class SegModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.loss_fn(self(batch["image"]), batch["label"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch["image"].shape[0])
+        self.log(
+            "train/loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["image"].shape[0],
+        )
         return loss
 
     # ---------------------------------------------------------------- validation
@@ -78,7 +92,10 @@ class SegModule(pl.LightningModule):
         if self._memory_format is not None:
             image = image.contiguous(memory_format=self._memory_format)
         logits = predict_logits(
-            self.net, image, window=self.hparams.patch_size, mode=self.hparams.val_mode,
+            self.net,
+            image,
+            window=self.hparams.patch_size,
+            mode=self.hparams.val_mode,
             overlap=self.hparams.val_overlap,
         )
         loss = self.loss_fn.loss(logits, label)
@@ -86,17 +103,26 @@ class SegModule(pl.LightningModule):
         pred = logits.argmax(1)
         k = self.spec.out_channels
         # per case, per foreground class; NaN where the class is absent from both
-        dice = dice_score(pred, label[:, 0].long(), num_classes=k, include_background=False,
-                          average="none", input_format="index")
-        absent = ~torch.stack([((pred == c) | (label[:, 0] == c)).flatten(1).any(1)
-                               for c in range(1, k)], dim=1)
+        dice = dice_score(
+            pred,
+            label[:, 0].long(),
+            num_classes=k,
+            include_background=False,
+            average="none",
+            input_format="index",
+        )
+        absent = ~torch.stack(
+            [((pred == c) | (label[:, 0] == c)).flatten(1).any(1) for c in range(1, k)], dim=1
+        )
         dice = torch.where(absent, torch.full_like(dice, float("nan")), dice.float())
         self._val_dice.append(dice)
         if batch_idx == 0:
-            self.last_val_example = {"image": image[0].detach().float().cpu(),
-                                     "label": label[0, 0].detach().cpu(),
-                                     "pred": pred[0].detach().cpu(),
-                                     "case": str(batch.get("case", ["case"])[0])}
+            self.last_val_example = {
+                "image": image[0].detach().float().cpu(),
+                "label": label[0, 0].detach().cpu(),
+                "pred": pred[0].detach().cpu(),
+                "case": str(batch.get("case", ["case"])[0]),
+            }
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_dice:
@@ -109,8 +135,12 @@ class SegModule(pl.LightningModule):
         per_class = torch.nan_to_num(per_class, nan=0.0)
         mean = per_class.mean()
         self.log("val/dice_mean", mean, prog_bar=True, sync_dist=False)
-        record = {"epoch": int(self.current_epoch), "step": int(self.global_step),
-                  "dice_mean": float(mean), "dice": {}}
+        record = {
+            "epoch": int(self.current_epoch),
+            "step": int(self.global_step),
+            "dice_mean": float(mean),
+            "dice": {},
+        }
         for c, v in enumerate(per_class.tolist(), start=1):
             name = self.label_names.get(c, f"class{c}")
             self.log(f"val/dice_{name}", v, sync_dist=False)
@@ -135,16 +165,27 @@ class SegModule(pl.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if name == "poly":
             scheduler = torch.optim.lr_scheduler.PolynomialLR(
-                optimizer, total_iters=total, power=sched.get("exponent", 0.9))
+                optimizer, total_iters=total, power=sched.get("exponent", 0.9)
+            )
         elif name == "cosine":
             warm = max(1, math.ceil(total * sched.get("warmup_fraction", 0.05)))
-            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [
-                torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warm),
-                torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warm)),
-            ], milestones=[warm])
+            scheduler = torch.optim.lr_scheduler.SequentialLR(
+                optimizer,
+                [
+                    torch.optim.lr_scheduler.LinearLR(
+                        optimizer, start_factor=0.01, total_iters=warm
+                    ),
+                    torch.optim.lr_scheduler.CosineAnnealingLR(
+                        optimizer, T_max=max(1, total - warm)
+                    ),
+                ],
+                milestones=[warm],
+            )
         elif name in ("none", None):
             return {"optimizer": optimizer}
         else:
             raise ConfigError(f"optim.scheduler.name: got {name!r}; allowed: poly, cosine, none")
-        return {"optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -54,8 +54,10 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
         model_config(cfg, num_channels=info.num_channels, num_classes=info.num_classes)
     )
     patch = [int(v) for v in cfg.data.patch_size]
-    title = (f"{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} blocks, "
-             f"{spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}")
+    title = (
+        f"{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} blocks, "
+        f"{spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}"
+    )
     plan = plan_unet(spec, patch, title=title)
     return dm, spec, plan, info
 
@@ -94,16 +96,20 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     dm.prepare_data()
     module = SegModule(
-        model=spec.to_dict(), optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        model=spec.to_dict(),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
         loss=OmegaConf.to_container(cfg.loss, resolve=True),
         patch_size=[int(v) for v in cfg.data.patch_size],
         label_names={int(k): v for k, v in info.label_names.items()},
-        val_mode=cfg.get("val_mode", "auto"), val_overlap=float(cfg.get("val_overlap", 0.5)),
-        preprocessor=dm.preprocessor.to_dict(), compile=bool(cfg.get("compile", False)),
+        val_mode=cfg.get("val_mode", "auto"),
+        val_overlap=float(cfg.get("val_overlap", 0.5)),
+        preprocessor=dm.preprocessor.to_dict(),
+        compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
     )
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")),
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")) or False,
     )
     if torch.cuda.is_available():

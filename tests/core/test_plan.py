@@ -24,23 +24,29 @@ def _check_against_torch(size, cin, layers):
 
 
 def test_seed_article_valid_stride_2():
-    plan = _check_against_torch((28, 28), 3, [
-        dict(type="conv", out_channels=16, kernel_size=3, stride=2, padding="valid")])
+    plan = _check_against_torch(
+        (28, 28), 3, [dict(type="conv", out_channels=16, kernel_size=3, stride=2, padding="valid")]
+    )
     assert plan.output_size == (13, 13) and plan.out_channels == 16
 
 
 def test_seed_article_same_stride_1():
-    plan = _check_against_torch((28, 28), 3, [
-        dict(type="conv", out_channels=16, kernel_size=3, stride=1, padding="same")])
+    plan = _check_against_torch(
+        (28, 28), 3, [dict(type="conv", out_channels=16, kernel_size=3, stride=1, padding="same")]
+    )
     assert plan.output_size == (28, 28) and plan.out_channels == 16
 
 
 def test_seed_article_conv_pool_transposed():
-    plan = _check_against_torch((28, 28), 3, [
-        dict(type="conv", out_channels=16, kernel_size=3, padding="same"),
-        dict(type="maxpool", kernel_size=2),
-        dict(type="transposed", out_channels=3, kernel_size=2, stride=2),
-    ])
+    plan = _check_against_torch(
+        (28, 28),
+        3,
+        [
+            dict(type="conv", out_channels=16, kernel_size=3, padding="same"),
+            dict(type="maxpool", kernel_size=2),
+            dict(type="transposed", out_channels=3, kernel_size=2, stride=2),
+        ],
+    )
     sizes = [(r.out_size, r.out_channels) for r in plan.rows]
     assert sizes == [((28, 28), 16), ((14, 14), 16), ((28, 28), 3)]
     assert "28×28 → 14×14" in plan.table()
@@ -57,9 +63,12 @@ def test_generated_stacks_match_torch(data):
         k = data.draw(st.integers(1, 4))
         layer = dict(type=kind, kernel_size=k)
         if kind == "conv":
-            layer.update(stride=data.draw(st.integers(1, 2)), out_channels=2,
-                         padding=data.draw(st.sampled_from(["same", "valid", 0, 1])),
-                         dilation=data.draw(st.integers(1, 2)))
+            layer.update(
+                stride=data.draw(st.integers(1, 2)),
+                out_channels=2,
+                padding=data.draw(st.sampled_from(["same", "valid", 0, 1])),
+                dilation=data.draw(st.integers(1, 2)),
+            )
         elif kind == "transposed":
             s = data.draw(st.integers(1, 2))
             layer.update(stride=s, out_channels=2, output_padding=data.draw(st.integers(0, s - 1)))

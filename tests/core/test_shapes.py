@@ -34,8 +34,14 @@ def test_conv_out_matches_torch(size, kernel, stride, pad, dil):
         assert F.conv1d(x, w, stride=stride, padding=pad, dilation=dil).shape[-1] == expected
 
 
-@given(st.integers(1, 50), st.integers(1, 6), st.integers(1, 4), st.integers(0, 3),
-       st.integers(0, 3), st.integers(1, 2))
+@given(
+    st.integers(1, 50),
+    st.integers(1, 6),
+    st.integers(1, 4),
+    st.integers(0, 3),
+    st.integers(0, 3),
+    st.integers(1, 2),
+)
 def test_conv_transpose_out_matches_torch(size, kernel, stride, pad, opad, dil):
     opad = opad % max(stride, dil)
     expected = conv_transpose_out(size, kernel, stride, pad, opad, dil)
@@ -54,13 +60,21 @@ def test_same_padding_gives_ceil(size, kernel, stride, dil):
     assert conv_out(size, kernel, stride, lo, hi, dil) == -(-size // stride)
 
 
-@given(st.integers(1, 400), st.integers(1, 7), st.integers(1, 4), st.integers(1, 3),
-       st.integers(1, 7), st.booleans())
+@given(
+    st.integers(1, 400),
+    st.integers(1, 7),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.integers(1, 7),
+    st.booleans(),
+)
 def test_fit_transposed_restores_every_size(skip, kernel, stride, dil, up, pooling):
     if skip < stride:
         return
-    down = Downsample(stride, stride) if pooling else Downsample(
-        kernel, stride, *same_padding(kernel, dil), dil
+    down = (
+        Downsample(stride, stride)
+        if pooling
+        else Downsample(kernel, stride, *same_padding(kernel, dil), dil)
     )
     fit = fit_transposed(skip, down, up)
     assert 0 <= fit.output_padding < stride or fit.output_padding == 0

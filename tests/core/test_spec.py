@@ -16,8 +16,9 @@ def test_scalars_broadcast_per_stage_and_axis():
 
 
 def test_mixed_per_stage_per_axis_lists():
-    s = UNetSpec.from_config(depth=4, kernel_size=[[1, 3, 3], [3, 3, 3], 3, 5],
-                             strides=[1, [1, 2, 2], 2, [2, 2, 1]])
+    s = UNetSpec.from_config(
+        depth=4, kernel_size=[[1, 3, 3], [3, 3, 3], 3, 5], strides=[1, [1, 2, 2], 2, [2, 2, 1]]
+    )
     assert s.kernel_size == ((1, 3, 3), (3, 3, 3), (3, 3, 3), (5, 5, 5))
     assert s.strides[1] == (1, 2, 2) and s.strides[3] == (2, 2, 1)
 

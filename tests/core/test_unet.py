@@ -24,22 +24,32 @@ def specs(draw):
     depth = draw(st.integers(1, 6))
     axes = st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)
     kernel = draw(st.lists(axes, min_size=depth, max_size=depth))
-    strides = [[1] * ndim] + draw(st.lists(
-        st.lists(st.integers(1, 3 if ndim == 2 else 2), min_size=ndim, max_size=ndim),
-        min_size=depth - 1, max_size=depth - 1))
+    strides = [[1] * ndim] + draw(
+        st.lists(
+            st.lists(st.integers(1, 3 if ndim == 2 else 2), min_size=ndim, max_size=ndim),
+            min_size=depth - 1,
+            max_size=depth - 1,
+        )
+    )
     dilation = draw(st.lists(st.sampled_from([1, 1, 2]), min_size=depth, max_size=depth))
     up = draw(st.one_of(st.none(), st.integers(1, 4)))
     cfg = dict(
-        spatial_dims=ndim, in_channels=draw(st.integers(1, 2)), out_channels=2, depth=depth,
-        channels=[draw(st.integers(2, 4)) for _ in range(depth)], kernel_size=kernel,
-        strides=strides, dilation=dilation,
+        spatial_dims=ndim,
+        in_channels=draw(st.integers(1, 2)),
+        out_channels=2,
+        depth=depth,
+        channels=[draw(st.integers(2, 4)) for _ in range(depth)],
+        kernel_size=kernel,
+        strides=strides,
+        dilation=dilation,
         convs_per_stage=draw(st.integers(1, 2)),
         block=draw(st.sampled_from(["plain", "residual"])),
         norm=draw(st.sampled_from(["instance", "batch", "group", "none"])),
         act=draw(st.sampled_from(["leakyrelu", "relu", "gelu", "prelu"])),
         downsample=draw(st.sampled_from(["conv", "maxpool", "avgpool"])),
         upsample=draw(st.sampled_from(["transposed", "interpolate"])),
-        up_kernel_size=up, deep_supervision=draw(st.booleans()),
+        up_kernel_size=up,
+        deep_supervision=draw(st.booleans()),
     )
     return UNetSpec.from_config(cfg)
 
@@ -50,18 +60,24 @@ def _run_with_hooks(net: UNet, x: torch.Tensor) -> tuple[object, dict[str, tuple
     names = {r.name for r in net.plan(x.shape[2:]).rows}
     for name, module in net.named_modules():
         if name in names:
-            handles.append(module.register_forward_hook(
-                lambda m, i, o, name=name: seen.__setitem__(name, (tuple(i[0].shape[2:]),
-                                                                   tuple(o.shape[2:]), o.shape[1]))
-            ))
+            handles.append(
+                module.register_forward_hook(
+                    lambda m, i, o, name=name: seen.__setitem__(
+                        name, (tuple(i[0].shape[2:]), tuple(o.shape[2:]), o.shape[1])
+                    )
+                )
+            )
     out = net(x)
     for h in handles:
         h.remove()
     return out, seen
 
 
-@settings(max_examples=70, deadline=None,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(
+    max_examples=70,
+    deadline=None,
+    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow],
+)
 @given(spec=specs(), data=st.data())
 def test_output_matches_input_and_plan_matches_forward(spec, data):
     minimum = unet_min_input_size(spec)

@@ -1,0 +1,23 @@
+"""Helpers shared by the tests."""
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Shrinks the real conf/train.yaml to a CPU run of a few seconds.
+TINY = [
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.check_val_every_n_epoch=1",
+    "++trainer.limit_train_batches=2",
+    "++trainer.limit_val_batches=2",
+    "trainer.log_every_n_steps=1",
+    "data.num_workers=0",
+    "data.batch_size=2",
+    "data.samples_per_epoch=4",
+    "data.patch_size=[24,24,16]",
+    "model.depth=3",
+    "model.channels=4",
+    "model.max_channels=16",
+    "print_plan=false",
+]
