@@ -1,0 +1,60 @@
+"""Fixtures: the demo dataset once per session, and tiny real ``train.py -m`` runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# debug=tiny shrunk further: one epoch of 2 steps on 24×24×16 patches, 1 validation case
+TINY = (
+    "debug=tiny",
+    "++trainer.limit_train_batches=2",
+    "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "data.samples_per_epoch=4",
+    "data.val_max_cases=1",
+    "model.channels=4",
+    "data.patch_size=[24,24,16]",
+    "logger=csv",
+    "~callbacks.pictures",
+    "~callbacks.progress_bar",
+    "~callbacks.last_every_n_steps",
+    "print_plan=false",
+)
+
+
+@pytest.fixture(scope="session")
+def demo_data_dir(tmp_path_factory) -> Path:
+    """A ``paths.data_dir`` holding a 5-case demo dataset (``<dir>/demo``), made once."""
+    from segkit.data.demo import make_demo
+
+    data_dir = tmp_path_factory.mktemp("sweep_data")
+    make_demo(data_dir / "demo", num_cases=5, seed=0)
+    return data_dir
+
+
+@pytest.fixture
+def train_multirun(demo_data_dir: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Runs ``python train.py -m <TINY> <overrides> hydra.sweep.dir=<sweep_dir>``."""
+
+    def run(sweep_dir: Path, overrides: Sequence[str], timeout: float = 240):
+        cmd = [
+            sys.executable, str(REPO / "train.py"), "-m", *TINY, *overrides,
+            f"paths.data_dir={demo_data_dir}", f"hydra.sweep.dir={sweep_dir}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+        proc = subprocess.run(
+            cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        )
+        assert proc.returncode == 0, (
+            f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+        return proc
+
+    return run

@@ -1,0 +1,115 @@
+"""Sweep presets, launchers and the pre-flight table: composed, never trained or submitted."""
+
+from __future__ import annotations
+
+import pytest
+
+from segkit.cli import main as cli
+from segkit.config import compose, expand_sweep
+from segkit.errors import ConfigError
+from segkit.sweeps import preview_sbatch, sweep_overrides
+
+SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def test_depth_kernel_preset_sets_sweeper_params():
+    cfg = compose(["+sweep=depth_kernel"], hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {"model.depth": "3,4,5", "model.kernel_size": "3,5"}
+    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+    sweep = sweep_overrides(["+sweep=depth_kernel"])
+    combos = expand_sweep(sweep.overrides)
+    assert len(combos) == 6
+    assert ["model.depth=5", "model.kernel_size=3", "+sweep=depth_kernel"] in combos
+
+
+def test_command_line_sweep_replaces_the_preset_entry():
+    sweep = sweep_overrides(["+sweep=depth_kernel", "model.depth=2,9"])
+    assert sweep.overrides == ("model.kernel_size=3,5", "+sweep=depth_kernel", "model.depth=2,9")
+    assert sweep.fixed == ("+sweep=depth_kernel",)
+    assert sweep.launcher == "basic"
+
+
+def test_optuna_search_space():
+    cfg = compose(["hparams_search=optuna"], hydra_config=True)
+    sw = cfg.hydra.sweeper
+    assert sw._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    assert sw.direction == "maximize" and sw.n_trials == 20
+    assert sw.sampler._target_ == "optuna.samplers.TPESampler" and sw.sampler.seed == 1234
+    assert set(sw.params) == {"model.depth", "model.kernel_size", "model.channels",
+                              "optim.optimizer.lr"}  # fmt: skip
+    assert cfg.optimized_metric == "val/dice_mean"
+    sweep = sweep_overrides(["hparams_search=optuna"])
+    # the learning rate is drawn from an interval: planned combinations cover the rest
+    assert sweep.sampled == ("optim.optimizer.lr=tag(log, interval(0.001, 0.1))",)
+    assert len(expand_sweep(sweep.overrides)) == 3 * 2 * 3
+    assert sweep.batch_size == 1
+
+
+def test_joblib_launcher():
+    cfg = compose(["launcher=joblib", "hydra.launcher.n_jobs=4"], hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.hydra.launcher.n_jobs == 4
+    assert compose(["launcher=local"], hydra_config=True).hydra.launcher._target_.endswith(
+        "BasicLauncher"
+    )
+
+
+def test_slurm_launcher_config_and_submission(tmp_path):
+    overrides = [
+        "launcher=slurm", "+sweep=depth_kernel", "trainer=ddp", "trainer.devices=4",
+        "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.tasks_per_node=4", "hydra.launcher.timeout_min=90",
+        "hydra.launcher.array_parallelism=2", f"hydra.sweep.dir={tmp_path}/sw",
+    ]  # fmt: skip
+    launcher = compose(overrides, hydra_config=True).hydra.launcher
+    assert launcher._target_ == SLURM
+    assert (launcher.partition, launcher.gpus_per_node, launcher.tasks_per_node) == ("gpu", 4, 4)
+    assert (launcher.cpus_per_task, launcher.mem_gb, launcher.timeout_min) == (8, 64, 90)
+    assert launcher.submitit_folder == f"{tmp_path}/sw/.submitit/%j"
+
+    preview = preview_sbatch(overrides, num_jobs=6)
+    p = preview.parameters
+    assert (p["partition"], p["gpus_per_node"], p["ntasks_per_node"]) == ("gpu", 4, 4)
+    assert (p["time"], p["mem"], p["cpus_per_task"], p["nodes"]) == (90, "64GB", 8, 1)
+    assert p["setup"] == ["export OMP_NUM_THREADS=8"]
+    script = preview.script
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=4", "#SBATCH --time=90",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --array=0-5%2", "#SBATCH --mem=64GB",
+                 "#SBATCH --job-name=demo", "export OMP_NUM_THREADS=8"):  # fmt: skip
+        assert line in script
+    assert f"{tmp_path}/sw/.submitit/" in script
+    assert not (tmp_path / "sw").exists()  # nothing was created, nothing submitted
+
+
+def test_slurm_rejects_unknown_launcher_keys():
+    with pytest.raises(ConfigError, match="gpus"):
+        compose(["launcher=slurm", "hydra.launcher.gpus=2"], hydra_config=True)
+    with pytest.raises(ConfigError, match="launcher=slurm"):
+        preview_sbatch(["launcher=joblib"])
+
+
+def test_plan_preflight_of_preset_with_infeasible_rows(capsys):
+    rc = cli(["plan", "-m", "+sweep=depth_kernel", "model.depth=2,9", "data.patch_size=[24,24,16]"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["#", "overrides", "status"]
+    rows = lines[2:6]
+    assert [r.split()[:3] for r in rows] == [
+        ["0", "model.kernel_size=3", "model.depth=2"],
+        ["1", "model.kernel_size=3", "model.depth=9"],
+        ["2", "model.kernel_size=5", "model.depth=2"],
+        ["3", "model.kernel_size=5", "model.depth=9"],
+    ]
+    ok = rows[0].split()
+    assert ok[3:7] == ["feasible", "74,116", "0.62", "15×15×15"]
+    assert "infeasible" in rows[1] and "stage 5, axis 2" in rows[1] and "Fix:" in rows[1]
+
+
+def test_plan_preflight_prints_the_sbatch_script(capsys, tmp_path):
+    args = ["plan", "-m", "+sweep=depth_kernel", "launcher=slurm",
+            "hydra.launcher.partition=gpu", f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    assert cli(args) == 0
+    out = capsys.readouterr().out
+    assert "sbatch script of a 6-job array" in out
+    assert "#SBATCH --array=0-5%6" in out and "#SBATCH --partition=gpu" in out
