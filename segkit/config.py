@@ -50,7 +50,7 @@ def compose(
                 overrides=list(overrides),
                 return_hydra_config=hydra_config,
             )
-    except (HydraException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(f"config: {exc}") from None
 
 

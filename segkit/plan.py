@@ -362,7 +362,6 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
         skips.append(cur)
     _check_norm(spec, skips, size, minimum)
 
-    heads: list[LayerRow] = []
     for i in range(spec.depth - 2, -1, -1):
         cout = spec.channels[i]
         skip = skips[i]
@@ -396,10 +395,9 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
         rows += block
         cur, cin = _block_out(block), cout
         if i == 0 or spec.deep_supervision:
-            heads.append(_head_row(spec, i, cur, cout))
+            rows.append(_head_row(spec, i, cur, cout))
     if spec.depth == 1:
-        heads.append(_head_row(spec, 0, cur, cin))
-    rows += heads
+        rows.append(_head_row(spec, 0, cur, cin))
     if cur != size:  # cannot happen: the solver is exact; guard the invariant loudly
         raise AssertionError(f"internal error: plan output {cur} != input {size}")
     return Plan(
