@@ -9,6 +9,7 @@ the batched path runs on cuda when available, else on CPU.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -68,7 +69,8 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(
         f"batch {args.batch} x {args.channels} x {args.patch}, all transforms on, "
-        f"median of {args.repeats}, torch threads {threads}"
+        f"median of {args.repeats}, torch threads {threads}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
     )
     print(f"{'augmentation':<36}{'ms/batch':>10}{'samples/s':>11}{'speed-up':>10}")
     print(

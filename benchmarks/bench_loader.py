@@ -11,6 +11,7 @@ and does no resampling or normalisation (so the gap is a lower bound).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -69,7 +70,10 @@ def main() -> None:
         baseline = _rate(naive, args.naive_samples, args.repeats)
 
     med_c, med_n = statistics.median(cached), statistics.median(baseline)
-    print(f"patch {args.patch}, {len(files)} cases, medians over {args.repeats} repeats")
+    print(
+        f"patch {args.patch}, {len(files)} cases, medians over {args.repeats} repeats, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+    )
     print(f"{'loader':<34}{'patches/s':>12}{'ms/patch':>11}{'speed-up':>10}")
     print(
         f"{'nibabel .nii.gz per sample (naive)':<34}{med_n:>12.1f}{1e3 / med_n:>11.2f}{1.0:>9.1f}x"

@@ -2,8 +2,9 @@
 
 All random draws are per sample; each transform is applied to the samples
 selected by its probability. Spatial transforms (rotation + scaling) share one
-``affine_grid`` per batch, sampled bilinearly for images and nearest for labels;
-flips use `torch.flip` and are exact.
+``affine_grid``/``grid_sample`` call per batch (over the selected samples),
+bilinear for images and nearest for labels; flips use `torch.flip` (one call per
+sample, all its drawn axes at once) and are exact.
 """
 
 from __future__ import annotations
@@ -55,22 +56,26 @@ def _rotation_3d(angles: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur of ``(B, C, *S)`` with one sigma (voxels) per sample."""
-    b, c, *spatial = x.shape
+    """Separable Gaussian blur of ``(B, C, *S)`` with one sigma (voxels) per sample.
+
+    Each axis is a weighted sum of shifted copies (replicate padding): per-sample
+    kernels without grouped convolutions, which are slow on CPU.
+    """
+    nd = x.ndim - 2
     radius = max(1, math.ceil(3 * float(sigma.max())))
     offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None].to(x.dtype)) ** 2)
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*C, K)
-    conv = (F.conv1d, F.conv2d, F.conv3d)[len(spatial) - 1]
-    out = x.reshape(1, b * c, *spatial)
-    for axis in range(len(spatial)):
-        shape = [b * c, 1] + [1] * len(spatial)
-        shape[2 + axis] = 2 * radius + 1
-        pad = [0] * (2 * len(spatial))
-        # F.pad lists the last axis first.
-        pad[2 * (len(spatial) - 1 - axis)] = pad[2 * (len(spatial) - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.view(shape), groups=b * c)
-    return out.reshape(x.shape)
+    weights = torch.exp(-0.5 * (offsets[None] / sigma[:, None].to(x.dtype)) ** 2)
+    weights = weights / weights.sum(1, keepdim=True)  # (B, 2r+1)
+    for axis in range(nd):
+        dim, length = 2 + axis, x.shape[2 + axis]
+        pad = [0] * (2 * nd)
+        pad[2 * (nd - 1 - axis)] = pad[2 * (nd - 1 - axis) + 1] = radius  # last axis first
+        padded = F.pad(x, pad, mode="replicate")
+        out = torch.zeros_like(x)
+        for k in range(2 * radius + 1):
+            out += _bcast(weights[:, k], x.ndim) * padded.narrow(dim, k, length)
+        x = out
+    return x
 
 
 class BatchAugment(nn.Module):
@@ -175,12 +180,15 @@ class BatchAugment(nn.Module):
 
     def _flip(self, image, label, gen):
         nd = image.ndim - 2
-        for axis in self.flip_axes if self.flip_axes is not None else range(nd):
-            mask = self._mask(self.p_flip, image, gen)
-            if mask.any():
-                m = _bcast(mask, image.ndim)
-                image = torch.where(m, image.flip(2 + axis), image)
-                label = torch.where(m, label.flip(2 + axis), label)
+        axes = self.flip_axes if self.flip_axes is not None else tuple(range(nd))
+        draws = torch.rand(image.shape[0], len(axes), device=image.device, generator=gen)
+        flips = (draws < self.p_flip).tolist()
+        if not any(any(row) for row in flips):
+            return image, label
+        # One exact flip per sample over all its drawn axes.
+        dims = [tuple(1 + a for a, f in zip(axes, row) if f) for row in flips]
+        image = torch.stack([x.flip(d) if d else x for x, d in zip(image, dims)])
+        label = torch.stack([y.flip(d) if d else y for y, d in zip(label, dims)])
         return image, label
 
     def _spatial(self, image, label, gen):
@@ -203,12 +211,14 @@ class BatchAugment(nn.Module):
         to_vox, to_norm = torch.diag(size / 2), torch.diag(2 / size)
         mat = to_norm @ rot.to(dtype) @ to_vox / zoom[:, None, None]
         theta = torch.cat([mat, torch.zeros(b, nd, 1, device=dev, dtype=dtype)], dim=2)
-        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
-        moved = F.grid_sample(image.float(), grid, mode="bilinear", align_corners=False)
-        moved_lab = F.grid_sample(label.float(), grid, mode="nearest", align_corners=False)
-        keep = _bcast(rot_mask | scale_mask, image.ndim)
-        image = torch.where(keep, moved.to(image.dtype), image)
-        label = torch.where(keep, moved_lab.round().to(label.dtype), label)
+        idx = (rot_mask | scale_mask).nonzero().squeeze(1)
+        shape = [len(idx), *image.shape[1:]]
+        grid = F.affine_grid(theta[idx], shape, align_corners=False)
+        moved = F.grid_sample(image[idx].float(), grid, mode="bilinear", align_corners=False)
+        moved_lab = F.grid_sample(label[idx].float(), grid, mode="nearest", align_corners=False)
+        image, label = image.clone(), label.clone()
+        image[idx] = moved.to(image.dtype)
+        label[idx] = moved_lab.round().to(label.dtype)
         return image, label
 
     def _intensity(self, image, gen):
