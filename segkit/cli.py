@@ -45,7 +45,11 @@ def _plan_one(overrides: Sequence[str]):
                          num_classes=counts[1] if counts else None)
     spec = UNetSpec.from_config(model)
     patch = list(cfg.data.patch_size)
-    return spec, plan_unet(spec, patch, title=_title(spec, patch))
+    title = _title(spec, patch)
+    if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
+        title += (f"(no dataset.json at data.root={cfg.data.get('root', '?')}: assuming "
+                  f"{spec.in_channels} input channel(s) and {spec.out_channels} classes)\n")
+    return spec, plan_unet(spec, patch, title=title)
 
 
 def _title(spec, patch) -> str:
