@@ -256,12 +256,28 @@ def plot(jobs: Sequence[JobResult], path: Path, *, metric: str = METRIC) -> None
         by_kernel.setdefault(_cell(j.model.get("kernel_size"), None), []).append(j)
     for kernel, group in sorted(by_kernel.items(), key=lambda kv: _natural_key(kv[0])):
         group = sorted(group, key=lambda j: j.model.get("depth") or 0)
-        ax1.plot(
+        (line,) = ax1.plot(
             [j.model.get("depth") for j in group],
             [j.metric for j in group],
             "o-",
             label=f"kernel {kernel}",
         )
+        # same colour per kernel size in both panels; each point labelled with its depth
+        sized = [j for j in group if j.metrics.get("params")]
+        ax2.scatter(
+            [j.metrics["params"] for j in sized],
+            [j.metric for j in sized],
+            color=line.get_color(),
+            label=f"kernel {kernel}",
+        )
+        for j in sized:
+            ax2.annotate(
+                f"d{j.model.get('depth')}",
+                (j.metrics["params"], j.metric),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     skipped = [j for j in jobs if j.status in ("skipped", "failed")]
     if skipped:
         ax1.scatter(
@@ -277,24 +293,8 @@ def plot(jobs: Sequence[JobResult], path: Path, *, metric: str = METRIC) -> None
         ax1.set_xticks(depths)
     if by_kernel or skipped:
         ax1.legend(fontsize=8)
-    params = [j for j in done if j.metrics.get("params")]
-    if params:
-        sc = ax2.scatter(
-            [j.metrics["params"] for j in params],
-            [j.metric for j in params],
-            c=[j.model.get("depth") or 0 for j in params],
-            cmap="viridis",
-        )
-        for j in params:
-            ax2.annotate(
-                f"d{j.model.get('depth')} k{_cell(j.model.get('kernel_size'), None)}",
-                (j.metrics["params"], j.metric),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+    if any(j.metrics.get("params") for j in done):
         ax2.set_xscale("log")
-        fig.colorbar(sc, ax=ax2, label="depth")
     ax2.set(xlabel="parameters", ylabel=metric, title=f"{metric} vs parameters")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
