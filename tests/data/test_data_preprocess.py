@@ -91,8 +91,8 @@ def test_nnunet_multichannel_ct_normalisation(make_nnunet):
     assert abs(float(image[1].mean())) < 0.2  # z-score per case (before resampling)
 
 
-def test_msd_4d_multichannel(make_msd):
-    root = make_msd(channels=3)
+def test_msd_4d_multichannel_uncompressed(make_msd):
+    root = make_msd(channels=3, suffix=".nii")
     prep = preprocess_dataset(root, num_workers=0, progress=False)
     image = np.load(prep.cases_dir / "case_00_image.npy")
     label = np.load(prep.cases_dir / "case_00_label.npy")
@@ -172,3 +172,17 @@ def test_unmarked_case_with_corrupt_array_is_redone(make_msd):
     (prep.cases_dir / "case_02_image.npy").write_bytes(b"garbage")
     preprocess_dataset(root, num_workers=0, progress=False)
     np.testing.assert_array_equal(np.load(prep.cases_dir / "case_02_image.npy"), good)
+
+
+def test_write_nifti_checks_grid_and_leaves_no_temp(make_msd, tmp_path):
+    from segkit import DataError
+
+    root = make_msd(shapes=((9, 11, 7),), affine=LPS_PERMUTED)
+    ref = root / "imagesTr" / "case_00.nii.gz"
+    out_dir = tmp_path / "pred"
+    out = write_nifti(out_dir / "p.nii.gz", np.zeros((9, 11, 7, 2), np.float32), ref)
+    assert nib.load(str(out)).shape == (9, 11, 7, 2)  # trailing axis allowed
+    assert [p.name for p in out_dir.iterdir()] == ["p.nii.gz"]
+    with pytest.raises(DataError, match=r"does not match the grid \(9, 11, 7\).*invert"):
+        write_nifti(out_dir / "q.nii.gz", np.zeros((11, 9, 7), np.uint8), ref)
+    assert not (out_dir / "q.nii.gz").exists()
