@@ -124,7 +124,7 @@ def test_optuna_skipped_trial_does_not_stop_study(tmp_path, train_multirun, monk
     if isinstance(value, float) and math.isnan(value):
         pytest.xfail(
             "run.main returns nan for a skipped job; hydra-optuna-sweeper 1.3 aborts the "
-            "study on nan (hydra#2237): return None instead (see docs/sweeps.md)"
+            "study on nan (hydra#2237): segkit.training.run.main should return None instead"
         )
     sweep = tmp_path / "optuna_skip"
     # the sampler's seed (1234) draws depth 9, 9 (infeasible, skipped in no time), then 2
