@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -143,9 +144,22 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     metrics["best_checkpoint"] = best_ckpt or None
     if trainer.is_global_zero:
         _write_json(out_dir / "metrics.json", metrics)
-    value = metrics["dice_mean_best"]
+    value = _optimized_value(cfg.get("optimized_metric"), metrics, trainer)
     log.info("mean foreground Dice: best %s, final %s", value, metrics["dice_mean_final"])
     return value, metrics
+
+
+def _optimized_value(name: str | None, metrics: dict[str, Any], trainer: Any) -> float | None:
+    """The value a sweeper optimises: the best mean Dice, or the last value of another metric."""
+    if name in (None, "val/dice_mean"):
+        return metrics["dice_mean_best"]
+    value = trainer.callback_metrics.get(name)
+    if value is None:
+        raise ConfigError(
+            f"optimized_metric={name} was never logged; logged metrics: "
+            f"{', '.join(sorted(trainer.callback_metrics))}"
+        )
+    return float(value)
 
 
 def _peak_memory_mib() -> float:
@@ -170,14 +184,16 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         value, _ = train(cfg)
-        return value
+        # hydra-optuna-sweeper 1.3 aborts the whole study on a nan return (hydra#2237);
+        # None is told to Optuna as a failed trial and the study goes on.
+        return None if value is None or math.isnan(value) else value
     except SegkitError as exc:
         if _is_multirun():
             out_dir = Path(cfg.paths.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             _write_json(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
             log.error("skipped: %s", exc)
-            return float("nan")
+            return None
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 
