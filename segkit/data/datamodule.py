@@ -183,8 +183,12 @@ class SegDataModule(pl.LightningDataModule):
         self.train_ids = list(splits[self.fold]["train"])
         self.val_ids = list(splits[self.fold]["val"])[: self.val_max_cases]
 
-    def _slice_axis(self) -> int:
-        # 2D patches slice across the coarsest axis (the last one on ties).
+    @property
+    def slice_axis(self) -> int:
+        """Volume axis that 2D patches slice across: the coarsest (last on ties).
+
+        Validation cases stay 3D; a 2D model is applied slice by slice across it.
+        """
         spacing = np.asarray(self.preprocessor.target_spacing)
         return int(np.flatnonzero(spacing == spacing.max())[-1])
 
@@ -197,7 +201,7 @@ class SegDataModule(pl.LightningDataModule):
             num_samples=self.samples_per_epoch,
             oversample_foreground=self.oversample_foreground,
             seed=self.seed,
-            slice_axis=self._slice_axis(),
+            slice_axis=self.slice_axis,
         )
         return DataLoader(
             dataset,

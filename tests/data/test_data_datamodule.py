@@ -150,6 +150,7 @@ def test_2d_patches(demo_root, tmp_path):
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 1, 23, 17) and batch["label"].shape == (2, 1, 23, 17)
+    assert dm.slice_axis == 2  # the 2.5 mm axis
 
 
 @pytest.mark.parametrize("name", ["demo", "msd"])
