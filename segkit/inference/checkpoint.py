@@ -1,0 +1,136 @@
+"""Safe checkpoint loading: tensors and plain values only, never arbitrary objects.
+
+A Lightning checkpoint written by :class:`~segkit.training.module.SegModule`
+holds everything prediction needs in plain Python values: the normalised model
+config, the patch size, the label names and the preprocessing settings
+(``hyper_parameters``), plus the ``state_dict``. It is read with
+``torch.load(weights_only=True)``, whose unpickler only rebuilds tensors and
+builtin containers, so a malicious pickle cannot run code; the network is then
+rebuilt from the config and the weights are loaded into it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segkit.data.preprocess import Preprocessor
+from segkit.errors import ConfigError, SegkitError
+from segkit.nn import UNet
+from segkit.spec import UNetSpec
+
+_PREFIX = "net."
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A trained network and what it was trained with, rebuilt from a checkpoint.
+
+    Attributes:
+        net: the U-Net in eval mode.
+        spec: its normalised architecture.
+        patch_size: the training patch (the sliding-window size).
+        label_names: class index → name, background included.
+        preprocessor: the preprocessing settings, None if the checkpoint has none.
+        path: the checkpoint file.
+    """
+
+    net: UNet
+    spec: UNetSpec
+    patch_size: tuple[int, ...]
+    label_names: dict[int, str]
+    preprocessor: Preprocessor | None
+    path: Path
+
+
+def _not_segkit(path: Path, why: str) -> ConfigError:
+    return ConfigError(
+        f"ckpt={path}: not a segkit checkpoint ({why}). Fix: pass a checkpoint written by "
+        "`python train.py`, e.g. RUN/checkpoints/best.ckpt or RUN/checkpoints/last.ckpt."
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True`` (no code runs).
+
+    Raises:
+        ConfigError: missing, truncated, not a checkpoint, or holding pickled
+            objects other than tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"ckpt={path}: no such file. Fix: point ckpt= at RUN/checkpoints/best.ckpt "
+            "(RUN is the training run's output directory)."
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"ckpt={path}: refused to load: the file contains pickled objects other than "
+            f"tensors and plain values ({first}). segkit never unpickles arbitrary objects "
+            "because that can run code. Fix: use a checkpoint written by segkit's training "
+            "from a source you trust."
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(
+            f"ckpt={path}: cannot be read ({type(err).__name__}: {str(err)[:200]}). The file "
+            "is probably truncated or corrupt (an interrupted copy or a run killed while "
+            "saving). Fix: copy it again or use another checkpoint of the run."
+        ) from err
+    if not isinstance(ckpt, Mapping):
+        raise _not_segkit(path, f"it holds a {type(ckpt).__name__}, not a dict")
+    return dict(ckpt)
+
+
+def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
+    """Rebuilds the trained U-Net and its settings from a checkpoint alone.
+
+    Args:
+        path: a ``.ckpt`` written by segkit's training.
+        device: where the network is put.
+
+    Raises:
+        ConfigError: the file is unsafe, unreadable or not a segkit checkpoint.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    hp = ckpt.get("hyper_parameters")
+    state = ckpt.get("state_dict")
+    if not isinstance(hp, Mapping) or not isinstance(state, Mapping):
+        raise _not_segkit(path, "no 'hyper_parameters' and 'state_dict' entries")
+    missing = [k for k in ("model", "patch_size") if k not in hp]
+    if missing:
+        raise _not_segkit(path, f"hyper_parameters lack {', '.join(missing)}")
+    try:
+        spec = UNetSpec.from_config(dict(hp["model"]))
+    except SegkitError as err:
+        raise _not_segkit(path, f"its model config is invalid: {err}") from err
+    net = UNet(spec)
+    weights = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    if not weights:
+        raise _not_segkit(path, "its state_dict has no 'net.*' weights")
+    result = net.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise _not_segkit(
+            path, f"weights do not fit the model config (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})"
+        )
+    pre = hp.get("preprocessor")
+    preprocessor = Preprocessor.from_dict(dict(pre)) if pre else None
+    names = hp.get("label_names") or {i: f"class{i}" for i in range(spec.out_channels)}
+    return LoadedModel(
+        net=net.to(device).eval(),
+        spec=spec,
+        patch_size=tuple(int(v) for v in hp["patch_size"]),
+        label_names={int(k): str(v) for k, v in names.items()},
+        preprocessor=preprocessor,
+        path=path,
+    )
