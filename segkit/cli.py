@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_demo)
 
+    from segkit.inference.cli import add_parsers as add_inference_parsers
+
+    add_inference_parsers(sub)  # predict, export, evaluate
+
     p = sub.add_parser("sweep-report", help="summarise a multirun: summary.csv/.md/.png",
                        description="Collect every job's overrides and metrics.json of a "
                        "multirun (skipped and failed jobs with their reason) into summary.csv, "
