@@ -40,7 +40,7 @@ def test_dataset_info_and_missing_root(demo_root, tmp_path):
     assert info == DatasetInfo(
         num_channels=1,
         num_classes=4,
-        label_names={0: "background", 1: "bright", 2: "dark", 3: "textured"},
+        label_names={0: "background", 1: "bright", 2: "medium", 3: "textured"},
         channel_names=["MRI"],
         layout="msd",
         num_training=5,
