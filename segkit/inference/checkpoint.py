@@ -114,14 +114,15 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     except SegkitError as err:
         raise _not_segkit(path, f"its model config is invalid: {err}") from err
     net = UNet(spec)
-    weights = {k[len(_PREFIX):]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    weights = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
     if not weights:
         raise _not_segkit(path, "its state_dict has no 'net.*' weights")
     result = net.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise _not_segkit(
-            path, f"weights do not fit the model config (missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]})"
+            path,
+            f"weights do not fit the model config (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})",
         )
     pre = hp.get("preprocessor")
     preprocessor = Preprocessor.from_dict(dict(pre)) if pre else None

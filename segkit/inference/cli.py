@@ -52,7 +52,9 @@ def _as_number(kind: Callable[[str], Any]) -> Callable[[str, str], Any]:
         try:
             return kind(value)
         except ValueError:
-            raise ConfigError(f"{key}: got {value!r}; expected a{'n integer' if kind is int else ' number'}") from None
+            raise ConfigError(
+                f"{key}: got {value!r}; expected a{'n integer' if kind is int else ' number'}"
+            ) from None
 
     return convert
 
@@ -62,8 +64,11 @@ def _as_str(key: str, value: str) -> str:
 
 
 def parse_kv(
-    items: Sequence[str], schema: dict[str, Callable[[str, str], Any]], *,
-    required: Sequence[str], command: str,
+    items: Sequence[str],
+    schema: dict[str, Callable[[str, str], Any]],
+    *,
+    required: Sequence[str],
+    command: str,
 ) -> dict[str, Any]:
     """``["a=1", "b=x"]`` → ``{"a": 1, "b": "x"}`` checked against ``schema``."""
     out: dict[str, Any] = {}
@@ -89,11 +94,23 @@ def parse_kv(
 def cmd_predict(args: argparse.Namespace) -> int:
     from segkit.inference.predict import PredictOptions, predict
 
-    kv = parse_kv(args.args, {
-        "ckpt": _as_str, "input": _as_str, "output": _as_str, "mode": _as_str,
-        "overlap": _as_number(float), "tta": _as_bool, "save_probabilities": _as_bool,
-        "device": _as_str, "sw_batch_size": _as_number(int), "progress": _as_bool,
-    }, required=("ckpt", "input", "output"), command="predict")
+    kv = parse_kv(
+        args.args,
+        {
+            "ckpt": _as_str,
+            "input": _as_str,
+            "output": _as_str,
+            "mode": _as_str,
+            "overlap": _as_number(float),
+            "tta": _as_bool,
+            "save_probabilities": _as_bool,
+            "device": _as_str,
+            "sw_batch_size": _as_number(int),
+            "progress": _as_bool,
+        },
+        required=("ckpt", "input", "output"),
+        command="predict",
+    )
     paths = {k: kv.pop(k) for k in ("ckpt", "input", "output")}
     written = predict(**paths, options=PredictOptions(**kv))
     print(f"wrote {len(written)} prediction(s) to {paths['output']}")
@@ -104,12 +121,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     from segkit.inference.checkpoint import load_model
     from segkit.inference.export import describe_checks, export_model
 
-    kv = parse_kv(args.args, {
-        "ckpt": _as_str, "format": _as_str, "output": _as_str, "check": _as_bool,
-    }, required=("ckpt", "format", "output"), command="export")
+    kv = parse_kv(
+        args.args,
+        {
+            "ckpt": _as_str,
+            "format": _as_str,
+            "output": _as_str,
+            "check": _as_bool,
+        },
+        required=("ckpt", "format", "output"),
+        command="export",
+    )
     model = load_model(kv["ckpt"])
-    checks = export_model(model.net, fmt=kv["format"], output=kv["output"],
-                          patch_size=model.patch_size, check=kv.get("check", True))
+    checks = export_model(
+        model.net,
+        fmt=kv["format"],
+        output=kv["output"],
+        patch_size=model.patch_size,
+        check=kv.get("check", True),
+    )
     print(f"wrote {kv['format']} model to {kv['output']}")
     if checks:
         print(describe_checks(checks))
@@ -119,12 +149,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from segkit.inference.evaluate import evaluate, summary_rows, write_csv
 
-    kv = parse_kv(args.args, {
-        "pred": _as_str, "labels": _as_str, "output": _as_str,
-        "num_classes": _as_number(int), "progress": _as_bool,
-    }, required=("pred", "labels"), command="evaluate")
-    scores = evaluate(pred=kv["pred"], labels=kv["labels"],
-                      num_classes=kv.get("num_classes"), progress=kv.get("progress", False))
+    kv = parse_kv(
+        args.args,
+        {
+            "pred": _as_str,
+            "labels": _as_str,
+            "output": _as_str,
+            "num_classes": _as_number(int),
+            "progress": _as_bool,
+        },
+        required=("pred", "labels"),
+        command="evaluate",
+    )
+    scores = evaluate(
+        pred=kv["pred"],
+        labels=kv["labels"],
+        num_classes=kv.get("num_classes"),
+        progress=kv.get("progress", False),
+    )
     header, rows = summary_rows(scores)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
@@ -143,7 +185,8 @@ def add_parsers(sub: Any) -> None:
         ("export", "export a checkpoint to ONNX or TorchScript", EXPORT_HELP, cmd_export),
         ("evaluate", "Dice/HD95 of predictions against labels", EVALUATE_HELP, cmd_evaluate),
     ):
-        p = sub.add_parser(name, help=help_, description=text,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name, help=help_, description=text, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         p.add_argument("args", nargs="*", metavar="key=value")
         p.set_defaults(func=func)

@@ -93,12 +93,18 @@ def _check_overlap(overlap: float) -> None:
 
 
 def _norm_map(
-    size: Sequence[int], window: Sequence[int], overlap: float, gaussian: bool,
+    size: Sequence[int],
+    window: Sequence[int],
+    overlap: float,
+    gaussian: bool,
     device: torch.device,
 ) -> torch.Tensor:
     """Sum of all windows' weights at every voxel, from separable per-axis sums."""
-    axes = (_gaussian_axes(tuple(window), 0.125) if gaussian
-            else tuple(torch.ones(w, dtype=torch.float64) for w in window))
+    axes = (
+        _gaussian_axes(tuple(window), 0.125)
+        if gaussian
+        else tuple(torch.ones(w, dtype=torch.float64) for w in window)
+    )
     sums = []
     for s, w, g in zip(size, window, axes):
         acc = torch.zeros(s, dtype=torch.float64)
@@ -130,8 +136,14 @@ def _as_logits(out: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
 
 @torch.inference_mode()
 def sliding_window(
-    net: nn.Module, image: torch.Tensor, window: Sequence[int], *, overlap: float = 0.5,
-    sw_batch_size: int = 4, gaussian: bool = True, progress: bool = False,
+    net: nn.Module,
+    image: torch.Tensor,
+    window: Sequence[int],
+    *,
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    gaussian: bool = True,
+    progress: bool = False,
     channels_last: bool | None = None,
 ) -> torch.Tensor:
     """Logits of ``net`` over ``image`` (N, C, *S), tiled with overlapping windows.
@@ -167,12 +179,18 @@ def sliding_window(
     device = image.device
     if channels_last is None:
         channels_last = device.type == "cpu"
-    weight = (gaussian_importance(window, device=device) if gaussian
-              else torch.ones(window, device=device))
+    weight = (
+        gaussian_importance(window, device=device)
+        if gaussian
+        else torch.ones(window, device=device)
+    )
     corners = window_grid(size, window, overlap)
     n_img, n_ch = image.shape[:2]
-    jobs = [(n, corners[i : i + sw_batch_size]) for n in range(n_img)
-            for i in range(0, len(corners), sw_batch_size)]
+    jobs = [
+        (n, corners[i : i + sw_batch_size])
+        for n in range(n_img)
+        for i in range(0, len(corners), sw_batch_size)
+    ]
     buf = torch.empty((sw_batch_size, n_ch, *window), dtype=image.dtype, device=device)
     if channels_last:
         buf = _channels_last(buf)
@@ -210,8 +228,13 @@ def inference_bytes(net: nn.Module, size: Sequence[int]) -> int:
 
 
 def choose_mode(
-    net: nn.Module, size: Sequence[int], window: Sequence[int], *, mode: str = "auto",
-    memory_budget: int | None = None, device: torch.device | str = "cpu",
+    net: nn.Module,
+    size: Sequence[int],
+    window: Sequence[int],
+    *,
+    mode: str = "auto",
+    memory_budget: int | None = None,
+    device: torch.device | str = "cpu",
 ) -> str:
     """``whole`` when the volume fits (under ``memory_budget`` bytes), else ``sliding``.
 
@@ -240,9 +263,16 @@ def mirror_axes(ndim: int) -> list[tuple[int, ...]]:
 
 
 def predict_logits(
-    net: nn.Module, image: torch.Tensor, *, window: Sequence[int], mode: str = "auto",
-    overlap: float = 0.5, sw_batch_size: int = 4, tta: bool = False,
-    memory_budget: int | None = None, progress: bool = False,
+    net: nn.Module,
+    image: torch.Tensor,
+    *,
+    window: Sequence[int],
+    mode: str = "auto",
+    overlap: float = 0.5,
+    sw_batch_size: int = 4,
+    tta: bool = False,
+    memory_budget: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Logits (N, K, *S) for ``image`` (N, C, *S); call with ``net`` in eval mode.
 
@@ -256,19 +286,22 @@ def predict_logits(
         progress: progress bar over windows.
     """
     size = tuple(image.shape[2:])
-    chosen = choose_mode(net, size, window, mode=mode, memory_budget=memory_budget,
-                         device=image.device)
+    chosen = choose_mode(
+        net, size, window, mode=mode, memory_budget=memory_budget, device=image.device
+    )
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if chosen == "whole":
             return whole_volume(net, x)
-        return sliding_window(net, x, window, overlap=overlap, sw_batch_size=sw_batch_size,
-                              progress=progress)
+        return sliding_window(
+            net, x, window, overlap=overlap, sw_batch_size=sw_batch_size, progress=progress
+        )
 
-    logits = run(image)
-    if tta:
-        flips = mirror_axes(image.dim() - 2)
-        for dims in flips:
-            logits += run(image.flip(dims)).flip(dims)
-        logits /= len(flips) + 1
+    with torch.inference_mode():
+        logits = run(image)
+        if tta:
+            flips = mirror_axes(image.dim() - 2)
+            for dims in flips:
+                logits += run(image.flip(dims)).flip(dims)
+            logits /= len(flips) + 1
     return logits

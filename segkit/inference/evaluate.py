@@ -69,7 +69,11 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
 
 
 def score_case(
-    pred: np.ndarray, ref: np.ndarray, *, num_classes: int, spacing: Sequence[float],
+    pred: np.ndarray,
+    ref: np.ndarray,
+    *,
+    num_classes: int,
+    spacing: Sequence[float],
     case_id: str = "case",
 ) -> CaseScores:
     """Dice and HD95 for classes ``1..num_classes-1``."""
@@ -85,7 +89,8 @@ def _by_case(folder: Path, what: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{what}={folder}: no such directory.")
     files = {
-        strip_nifti_suffix(p.name): p for p in sorted(folder.iterdir())
+        strip_nifti_suffix(p.name): p
+        for p in sorted(folder.iterdir())
         if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_SUFFIXES)
     }
     if not files:
@@ -94,7 +99,10 @@ def _by_case(folder: Path, what: str) -> dict[str, Path]:
 
 
 def evaluate(
-    *, pred: str | Path, labels: str | Path, num_classes: int | None = None,
+    *,
+    pred: str | Path,
+    labels: str | Path,
+    num_classes: int | None = None,
     progress: bool = False,
 ) -> list[CaseScores]:
     """Scores every prediction in ``pred`` against the label of the same name in ``labels``.

@@ -94,7 +94,8 @@ class ExportableUNet(nn.Module):
         self.encoder = net.encoder
         self.blocks = nn.ModuleList(stage.block for stage in net.decoder)
         self.ups = nn.ModuleList(
-            _ShapeFreeUp(stage.up) if isinstance(stage.up, UpTransposed)
+            _ShapeFreeUp(stage.up)
+            if isinstance(stage.up, UpTransposed)
             else _ShapeFreeInterp(stage.up)
             for stage in net.decoder
         )
@@ -146,7 +147,11 @@ def _eager(net: UNet, x: torch.Tensor) -> torch.Tensor:
 
 
 def export_model(
-    net: UNet, *, fmt: str, output: str | Path, patch_size: Sequence[int],
+    net: UNet,
+    *,
+    fmt: str,
+    output: str | Path,
+    patch_size: Sequence[int],
     check: bool = True,
 ) -> list[ExportCheck]:
     """Writes ``net`` as ONNX (dynamic spatial axes) or TorchScript (traced) to ``output``.
@@ -218,8 +223,13 @@ def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, dynamic_shapes={"x": dims},
-            input_names=["image"], output_names=["logits"], verbose=False,
+            wrapper,
+            (example,),
+            dynamo=True,
+            dynamic_shapes={"x": dims},
+            input_names=["image"],
+            output_names=["logits"],
+            verbose=False,
         )
     program.save(str(path))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -91,7 +91,8 @@ def resolve_device(name: str) -> torch.device:
 
 def _nifti_files(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and p.name.endswith(NIFTI_SUFFIXES)
     )
 
@@ -209,12 +210,16 @@ def _output_name(case: InputCase) -> str:
     return case.case_id + (".nii.gz" if first.endswith(".nii.gz") else ".nii")
 
 
-def _logits(model: LoadedModel, image: np.ndarray, opts: PredictOptions,
-            device: torch.device) -> torch.Tensor:
+def _logits(
+    model: LoadedModel, image: np.ndarray, opts: PredictOptions, device: torch.device
+) -> torch.Tensor:
     x = torch.from_numpy(image).to(device)
     kwargs = dict(
-        mode=opts.mode, overlap=opts.overlap, sw_batch_size=opts.sw_batch_size,
-        tta=opts.tta, progress=opts.progress,
+        mode=opts.mode,
+        overlap=opts.overlap,
+        sw_batch_size=opts.sw_batch_size,
+        tta=opts.tta,
+        progress=opts.progress,
     )
     if model.spec.spatial_dims == 3:
         return predict_logits(model.net, x[None], window=model.patch_size, **kwargs)[0]
@@ -229,7 +234,10 @@ def _logits(model: LoadedModel, image: np.ndarray, opts: PredictOptions,
 
 
 def predict_case(
-    model: LoadedModel, case: InputCase, output_dir: Path, opts: PredictOptions,
+    model: LoadedModel,
+    case: InputCase,
+    output_dir: Path,
+    opts: PredictOptions,
     device: torch.device,
 ) -> Path:
     """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``)."""
@@ -247,15 +255,20 @@ def predict_case(
     if probs_orig is not None:
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
             np.savez_compressed(
-                tmp, probabilities=probs_orig,
-                label_names=np.array([model.label_names.get(i, f"class{i}")
-                                      for i in range(probs_orig.shape[0])]),
+                tmp,
+                probabilities=probs_orig,
+                label_names=np.array(
+                    [model.label_names.get(i, f"class{i}") for i in range(probs_orig.shape[0])]
+                ),
             )
     return out
 
 
 def predict(
-    *, ckpt: str | Path, input: str | Path, output: str | Path,
+    *,
+    ckpt: str | Path,
+    input: str | Path,
+    output: str | Path,
     options: PredictOptions | None = None,
 ) -> list[Path]:
     """Predicts every case under ``input`` and writes one label NIfTI per case.
