@@ -62,11 +62,17 @@ class PreprocessedDataset:
         return self.cache_dir / "cases"
 
 
-def settings_hash(settings: dict[str, Any], root: Path) -> str:
-    """Digest of the requested settings and the dataset's dataset.json."""
+def settings_hash(settings: dict[str, Any], root: Path, files: Sequence[Path] = ()) -> str:
+    """Digest of the requested settings, the dataset's dataset.json and its files' stats.
+
+    Size and modification time of every listed file are included, so replacing an
+    image under the same name gives a new cache instead of stale arrays.
+    """
     digest = hashlib.sha256(dataset_json_path(root).read_bytes()).hexdigest()
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists()]
     payload = json.dumps(
-        {"settings": settings, "dataset_json": digest, "version": CACHE_VERSION}, sort_keys=True
+        {"settings": settings, "dataset_json": digest, "version": CACHE_VERSION, "files": stats},
+        sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -262,7 +268,8 @@ def preprocess_dataset(
         "crop_nonzero": bool(crop_nonzero),
     }
     base = Path(cache_dir) if cache_dir is not None else default_cache_base(root)
-    out = base / settings_hash(settings, root)
+    files = [f for case in dataset.training for f in (*case.images, case.label) if f]
+    out = base / settings_hash(settings, root, files)
     cases_dir = out / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)

@@ -67,7 +67,9 @@ class SegDataModule(pl.LightningDataModule):
         target_spacing: Resampling spacing in mm (RAS); None = dataset median.
         normalization: ``auto``, ``zscore``, ``ct``, ``none`` or one per channel.
         cache_dir: Base directory of the cache (default ``<root>/segkit_cache``).
-        make_demo_if_missing: Generate the synthetic demo at `root` if absent.
+        make_demo_if_missing: Generate the synthetic demo at `root` if absent; a path
+            means "only when `root` is this path", so pointing `data.root` at a real
+            dataset never writes synthetic data into it.
         augment: Keyword arguments of `BatchAugment`; None disables augmentation.
         seed: Seed of patch sampling.
         val_max_cases: Validate on at most this many cases of the fold.
@@ -87,7 +89,7 @@ class SegDataModule(pl.LightningDataModule):
         target_spacing: Sequence[float] | None = None,
         normalization: str | Sequence[str] = "auto",
         cache_dir: str | Path | None = None,
-        make_demo_if_missing: bool = False,
+        make_demo_if_missing: bool | str | Path = False,
         augment: Mapping[str, Any] | None = None,
         seed: int = 0,
         val_max_cases: int | None = None,
@@ -109,6 +111,8 @@ class SegDataModule(pl.LightningDataModule):
         self.target_spacing = None if target_spacing is None else _plain(target_spacing)
         self.normalization = _plain(normalization)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        if isinstance(make_demo_if_missing, str | Path):
+            make_demo_if_missing = Path(make_demo_if_missing).resolve() == self.root.resolve()
         self.make_demo_if_missing = bool(make_demo_if_missing)
         self.augment_kwargs = None if augment is None else _plain(augment)
         self.augment = None if augment is None else BatchAugment(**self.augment_kwargs)
