@@ -72,10 +72,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [ln.strip() for ln in str(err).splitlines()]
+        detail = next(
+            (
+                ln
+                for ln in lines
+                if "GLOBAL" in ln.upper() and ("unsupported" in ln.lower() or "blocked" in ln)
+            ),
+            type(err).__name__,
+        )
         raise ConfigError(
             f"ckpt={path}: refused to load: the file contains pickled objects other than "
-            f"tensors and plain values ({first}). segkit never unpickles arbitrary objects "
+            f"tensors and plain values ({detail}). segkit never unpickles arbitrary objects "
             "because that can run code. Fix: use a checkpoint written by segkit's training "
             "from a source you trust."
         ) from err
