@@ -33,6 +33,7 @@ class SegModule(pl.LightningModule):
         preprocessor: the data's preprocessing settings (for prediction).
         compile: ``torch.compile`` the network.
         channels_last: use the channels-last memory format.
+        slice_axis: for a 2D network on 3D volumes, the volume axis it slices along.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class SegModule(pl.LightningModule):
         preprocessor: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        slice_axis: int = 2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -91,13 +93,7 @@ class SegModule(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         if self._memory_format is not None:
             image = image.contiguous(memory_format=self._memory_format)
-        logits = predict_logits(
-            self.net,
-            image,
-            window=self.hparams.patch_size,
-            mode=self.hparams.val_mode,
-            overlap=self.hparams.val_overlap,
-        )
+        logits = self.predict_volume(image)
         loss = self.loss_fn.loss(logits, label)
         self.log("val/loss", loss, on_epoch=True, batch_size=1, sync_dist=True)
         pred = logits.argmax(1)
@@ -123,6 +119,25 @@ class SegModule(pl.LightningModule):
                 "pred": pred[0].detach().cpu(),
                 "case": str(batch.get("case", ["case"])[0]),
             }
+
+    def predict_volume(self, image: torch.Tensor, *, slices_per_batch: int = 16) -> torch.Tensor:
+        """Logits for whole volumes (N, C, *S); a 2D network goes slice by slice."""
+        kwargs = dict(
+            window=self.hparams.patch_size,
+            mode=self.hparams.val_mode,
+            overlap=self.hparams.val_overlap,
+        )
+        if self.spec.spatial_dims == 2 and image.dim() == 5:
+            axis = 2 + self.hparams.slice_axis
+            out = []
+            for volume in image.movedim(axis, 1):  # (S, C, a, b) per volume
+                chunks = [
+                    predict_logits(self.net, volume[i : i + slices_per_batch], **kwargs)
+                    for i in range(0, volume.shape[0], slices_per_batch)
+                ]
+                out.append(torch.cat(chunks))
+            return torch.stack(out).movedim(1, axis)
+        return predict_logits(self.net, image, **kwargs)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_dice:

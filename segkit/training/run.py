@@ -107,6 +107,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         preprocessor=dm.preprocessor.to_dict(),
         compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
+        slice_axis=int(getattr(dm, "slice_axis", 2)),
     )
     trainer: pl.Trainer = instantiate(
         cfg.trainer,

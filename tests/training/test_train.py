@@ -166,3 +166,12 @@ def test_compose_accepts_command_line_architecture(demo_data_dir, tmp_path):
     assert (cfg.model.depth, cfg.model.kernel_size, cfg.model.block) == (4, 5, "residual")
     assert math.isfinite(cfg.optim.optimizer.lr)
     assert os.fspath(cfg.paths.output_dir) == os.fspath(tmp_path)
+
+
+def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir):
+    cfg = _cfg(tmp_path, demo_data_dir, "model=unet2d", "data.patch_size=[32,32]")
+    value, metrics = train(cfg)
+    assert 0.0 <= value <= 1.0
+    assert metrics["patch_size"] == [32, 32]
+    assert "32×32 → 32×32" in (tmp_path / "plan.txt").read_text()
+    assert (tmp_path / "pictures" / "val_epoch001.png").is_file()
