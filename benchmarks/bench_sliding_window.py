@@ -73,8 +73,8 @@ def main() -> None:
         "segkit sliding": lambda: sliding_window(
             net, x, window, sw_batch_size=args.sw_batch_size, **kw
         ),
-        "segkit sliding, channels-first": lambda: sliding_window(
-            net, x, window, sw_batch_size=args.sw_batch_size, channels_last=False, **kw
+        "segkit sliding, channels-last": lambda: sliding_window(
+            net, x, window, sw_batch_size=args.sw_batch_size, channels_last=True, **kw
         ),
         "segkit whole volume": lambda: whole_volume(net, x),
     }
