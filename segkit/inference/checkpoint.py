@@ -39,6 +39,7 @@ class LoadedModel:
         label_names: class index → name, background included.
         preprocessor: the preprocessing settings, None if the checkpoint has none.
         path: the checkpoint file.
+        slice_axis: for 2D models, the volume axis slices are taken across.
     """
 
     net: UNet
@@ -47,6 +48,7 @@ class LoadedModel:
     label_names: dict[int, str]
     preprocessor: Preprocessor | None
     path: Path
+    slice_axis: int = 2
 
 
 def _not_segkit(path: Path, why: str) -> ConfigError:
@@ -142,4 +144,5 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
         label_names={int(k): str(v) for k, v in names.items()},
         preprocessor=preprocessor,
         path=path,
+        slice_axis=int(hp.get("slice_axis", 2)),
     )

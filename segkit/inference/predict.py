@@ -29,7 +29,6 @@ from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import MODES, predict_logits
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-SLICE_AXIS = 2  # 2D models see slices across the last canonical axis, as in training
 
 
 @dataclass(frozen=True)
@@ -225,12 +224,12 @@ def _logits(
         return predict_logits(model.net, x[None], window=model.patch_size, **kwargs)[0]
     if model.spec.spatial_dims != 2:
         raise ConfigError(f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D")
-    slices = x.movedim(1 + SLICE_AXIS, 0)  # (Z, C, X, Y): one batch item per slice
+    slices = x.movedim(1 + model.slice_axis, 0)  # (Z, C, X, Y): one batch item per slice
     window = list(model.patch_size)
     if len(window) == 3:
-        del window[SLICE_AXIS]
+        del window[model.slice_axis]
     logits = predict_logits(model.net, slices, window=window, **kwargs)
-    return logits.movedim(0, 1 + SLICE_AXIS)
+    return logits.movedim(0, 1 + model.slice_axis)
 
 
 def predict_case(
