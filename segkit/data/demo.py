@@ -26,7 +26,7 @@ LABELS = {0: "background", 1: "bright", 2: "medium", 3: "textured"}
 # Mean intensity and texture amplitude (std of smoothed noise) per class; 0 = body tissue.
 # All classes are brighter than the tissue: a class between tissue and the zero outside
 # the body is learnt far more slowly (low intensity reads as "background").
-_TISSUE = {0: (60.0, 5.0), 1: (200.0, 6.0), 2: (110.0, 5.0), 3: (155.0, 15.0)}
+_TISSUE = {0: (60.0, 5.0), 1: (210.0, 6.0), 2: (110.0, 4.0), 3: (165.0, 20.0)}
 
 
 def _odd(rng: np.random.Generator, lo: int, hi: int) -> int:
