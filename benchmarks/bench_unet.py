@@ -36,11 +36,19 @@ def dna_net(spec: UNetSpec) -> nn.Module:
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
     return PlainConvUNet(
-        spec.in_channels, spec.depth, list(spec.channels), nn.Conv3d,
-        [list(k) for k in spec.kernel_size], [list(s) for s in spec.strides],
-        list(spec.convs_per_stage), spec.out_channels, list(spec.convs_per_stage_decoder),
-        conv_bias=spec.conv_bias, norm_op=nn.InstanceNorm3d,
-        norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+        spec.in_channels,
+        spec.depth,
+        list(spec.channels),
+        nn.Conv3d,
+        [list(k) for k in spec.kernel_size],
+        [list(s) for s in spec.strides],
+        list(spec.convs_per_stage),
+        spec.out_channels,
+        list(spec.convs_per_stage_decoder),
+        conv_bias=spec.conv_bias,
+        norm_op=nn.InstanceNorm3d,
+        norm_op_kwargs={"eps": 1e-5, "affine": True},
+        nonlin=nn.LeakyReLU,
         nonlin_kwargs={"negative_slope": 0.01, "inplace": True},
         deep_supervision=spec.deep_supervision,
     )
@@ -73,8 +81,9 @@ def main() -> None:
     try:
         theirs = dna_net(spec).to(dev).train()
     except ImportError:
-        raise SystemExit("install the anchor: pip install --no-deps "
-                         "dynamic-network-architectures einops") from None
+        raise SystemExit(
+            "install the anchor: pip install --no-deps dynamic-network-architectures einops"
+        ) from None
     n_ours = sum(q.numel() for q in ours.parameters())
     n_theirs = sum(q.numel() for q in theirs.parameters())
     x = torch.randn(args.batch, 1, *args.size, device=dev)
@@ -103,14 +112,20 @@ def main() -> None:
         solve.append(time.perf_counter() - t)
 
     size = "×".join(map(str, args.size))
-    print(f"\nnnU-Net 3d_fullres topology, batch {args.batch}, {size}, forward+backward, "
-          f"device {dev} ({torch.get_num_threads()} threads), median of {args.repeats}\n")
+    print(
+        f"\nnnU-Net 3d_fullres topology, batch {args.batch}, {size}, forward+backward, "
+        f"device {dev} ({torch.get_num_threads()} threads), median of {args.repeats}\n"
+    )
     print(f"{'network':<16}{'params':>14}{'median s/iter':>16}{'vs anchor':>11}")
     print(f"{'PlainConvUNet':<16}{n_theirs:>14,}{med['PlainConvUNet']:>16.3f}{1.0:>10.2f}x")
-    print(f"{'segkit UNet':<16}{n_ours:>14,}{med['segkit']:>16.3f}"
-          f"{med['segkit'] / med['PlainConvUNet']:>10.2f}x")
-    print(f"\nodd size {'×'.join(map(str, args.odd_size))}: PlainConvUNet {theirs_odd}; "
-          f"segkit ran in {ours_odd:.3f} s, output {tuple(ours(odd)[0].shape[2:])}")
+    print(
+        f"{'segkit UNet':<16}{n_ours:>14,}{med['segkit']:>16.3f}"
+        f"{med['segkit'] / med['PlainConvUNet']:>10.2f}x"
+    )
+    print(
+        f"\nodd size {'×'.join(map(str, args.odd_size))}: PlainConvUNet {theirs_odd}; "
+        f"segkit ran in {ours_odd:.3f} s, output {tuple(ours(odd)[0].shape[2:])}"
+    )
     print(f"solving the 6-stage 3D plan: median {statistics.median(solve) * 1e3:.2f} ms")
 
 
