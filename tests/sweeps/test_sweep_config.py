@@ -89,7 +89,8 @@ def test_slurm_rejects_unknown_launcher_keys():
 
 
 def test_plan_preflight_of_preset_with_infeasible_rows(capsys):
-    rc = cli(["plan", "-m", "+sweep=depth_kernel", "model.depth=2,9", "data.patch_size=[24,24,16]"])
+    rc = cli(["plan", "-m", "+sweep=depth_kernel", "model.depth=2,9", "data.patch_size=[24,24,16]",
+              "model.channels=16", "model.in_channels=1", "model.out_channels=4"])  # fmt: skip
     assert rc == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
