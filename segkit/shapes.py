@@ -106,9 +106,9 @@ class Downsample:
 class UpFit:
     """A transposed convolution that restores one axis exactly.
 
-    ``padding`` is fixed when the layer is built; ``output_padding`` and the
-    one-sided ``crop`` (positive: remove voxels at the end, negative: add zeros)
-    follow from the skip's size on every forward pass.
+    ``padding`` and ``output_padding`` follow from the skip's size on every
+    forward pass; ``crop`` (positive: remove voxels at the end, negative: add
+    zeros there) is non-zero only where no valid pair exists.
     """
 
     padding: int
@@ -117,17 +117,25 @@ class UpFit:
 
 
 def up_padding(down: Downsample, up_kernel: int) -> int:
-    """Fixed padding of the transposed conv that undoes ``down`` (size-independent).
+    """The size-independent padding of the transposed conv that undoes ``down``.
 
-    With ``P = pad_lo + pad_hi`` the exact identity is ``2·p_u = P + u − e``; when
-    the right side is odd or negative the nearest non-negative value is taken and
-    :func:`fit_transposed` crops or pads the remainder on the last side.
+    With ``P = pad_lo + pad_hi`` the identity of DESIGN.md is ``2·p_u = P + u − e``;
+    when the right side is odd or negative the nearest non-negative value below
+    is taken and :func:`fit_transposed` adjusts per size.
     """
     return max(0, (down.pad_lo + down.pad_hi + up_kernel - down.extent) // 2)
 
 
 def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
     """Padding, output_padding and crop so that ``up(down(skip)) == skip``.
+
+    The transposed conv gives ``skip + (P + u − e) − 2·p + (op − r)`` with
+    ``r = (skip + P − e) mod s``, so exactness needs ``2·p − op = P + u − e − r``.
+    The fixed :func:`up_padding` with ``op`` in ``[0, s)`` solves it whenever
+    ``P + u − e`` is even (DESIGN.md's identity); when it is odd, one more voxel
+    of padding with ``op`` one higher solves it for every size whose remainder
+    allows, e.g. nnU-Net's 3×3 stride-2 conv undone by a 2×2 transposed conv on
+    odd sizes. Only what is left is cropped (or padded) at the end of the axis.
 
     Args:
         skip: size of the encoder feature map before downsampling (the skip).
@@ -138,9 +146,15 @@ def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
         The fit; ``conv_transpose_out(down.out(skip), ...) - crop == skip`` always.
     """
     s = down.stride
-    padding = up_padding(down, up_kernel)
-    # (I−1)·s = S + P − e − r with r = (S + P − e) mod s; output_padding = r cancels r.
+    total = down.pad_lo + down.pad_hi + up_kernel - down.extent
     remainder = (skip + down.pad_lo + down.pad_hi - down.extent) % s
+    need = total - remainder  # = 2·padding − output_padding
+    padding = up_padding(down, up_kernel)
+    if total >= 0:
+        for p in (padding, padding + 1):
+            op = 2 * p - need
+            if 0 <= op < s:
+                return UpFit(padding=p, output_padding=op, crop=0)
     out = conv_transpose_out(down.out(skip), up_kernel, s, padding, remainder)
     return UpFit(padding=padding, output_padding=remainder, crop=out - skip)
 

@@ -32,24 +32,34 @@ FORMATS = ("onnx", "torchscript")
 class _ShapeFreeUp(nn.Module):
     """``UpTransposed`` rewritten so no size is computed in Python.
 
-    With padding ``p``, output_padding ``op`` and the constant one-sided crop
-    ``c`` of the eager layer, output voxel ``i`` is voxel ``p + i`` of the full
-    (unpadded) transposed convolution; voxels past the full output carry only
-    the bias (the output_padding region), and with ``c < 0`` the last ``-c``
-    voxels are zeros.
+    With padding ``p``, output_padding ``op`` and the one-sided crop ``c`` of
+    the eager layer, output voxel ``i`` is voxel ``p + i`` of the full (unpadded)
+    transposed convolution; voxels past the full output carry only the bias (the
+    output_padding region), and with ``c < 0`` the last ``-c`` voxels are zeros.
+    ``c`` is constant per axis; ``p`` is :func:`~segkit.shapes.up_padding`, one
+    more when ``P + u − e`` is odd, the stride ≥ 2 and the remainder
+    ``(S + P − e) mod s`` is 0 (see :func:`~segkit.shapes.fit_transposed`); that
+    choice is written with integer arithmetic on the skip's size, which the
+    exporters keep symbolic.
     """
 
     def __init__(self, up: UpTransposed) -> None:
         super().__init__()
         self.conv = up.conv
         self.stride = tuple(int(s) for s in up.stride)
-        pads, crops = [], []
+        pads, crops, shifts, offsets = [], [], [], []
         for down, kernel in zip(up.downs, up.kernel):
             p = up_padding(down, kernel)
+            total = down.pad_lo + down.pad_hi + kernel - down.extent
+            shift = total >= 0 and total % 2 == 1 and down.stride >= 2
             pads.append(p)
-            # crop = out − skip does not depend on the size (see segkit.shapes.fit_transposed).
-            crops.append(down.pad_lo + down.pad_hi - down.extent + kernel - 2 * p)
+            shifts.append(shift)
+            offsets.append(down.pad_lo + down.pad_hi - down.extent)
+            # the remaining crop = out − skip does not depend on the size
+            crops.append(0 if shift else total - 2 * p)
         self.pads = tuple(pads)
+        self.shifts = tuple(shifts)
+        self.offsets = tuple(offsets)
         self.zero_tail = tuple(max(0, -c) for c in crops)
         self.extra = tuple(s + z for s, z in zip(self.stride, self.zero_tail))
 
@@ -62,7 +72,12 @@ class _ShapeFreeUp(nn.Module):
             y = y + self.conv.bias.view(1, -1, *([1] * ndim))
         for axis in range(ndim):
             size = skip.shape[axis + 2]
-            y = y.narrow(axis + 2, self.pads[axis], size)
+            start = self.pads[axis]
+            if self.shifts[axis]:
+                s = self.stride[axis]
+                remainder = (size + self.offsets[axis]) % s
+                start = start + 1 - (remainder + s - 1) // s  # +1 exactly when remainder == 0
+            y = y.narrow(axis + 2, start, size)
             tail = self.zero_tail[axis]
             if tail:
                 keep = y.narrow(axis + 2, 0, size - tail)

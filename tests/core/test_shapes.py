@@ -117,3 +117,19 @@ def test_min_input_size_is_tight():
 def test_receptive_field_of_simple_chains():
     assert receptive_field([("down", 3, 1)] * 2) == 5
     assert receptive_field([("down", 3, 1), ("down", 2, 2), ("down", 3, 1)]) == 8
+
+
+def test_nnunet_case_needs_no_crop_at_any_size():
+    # 3×3 stride-2 conv undone by a 2×2 transposed conv (P + u − e = 1, odd): even sizes
+    # take PlainConvUNet's (padding 0, output_padding 0), odd sizes (1, 1); never a crop.
+    down = Downsample(3, 2, 1, 1)
+    for skip in range(2, 300):
+        fit = fit_transposed(skip, down, 2)
+        assert fit.crop == 0
+        assert (fit.padding, fit.output_padding) == ((0, 0) if skip % 2 == 0 else (1, 1))
+
+
+def test_crop_only_where_no_padding_pair_exists():
+    # stride 1 with P + u − e odd: output_padding must be 0, so one voxel is cropped
+    fit = fit_transposed(10, Downsample(3, 1, 1, 1), 2)
+    assert (fit.output_padding, fit.crop) == (0, 1)
