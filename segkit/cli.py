@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from segkit.errors import SegkitError
+from segkit.table import format_table
 
 PLAN_HELP = """\
 Print the static plan of the network that `python train.py` would build: every
@@ -81,7 +82,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             rows.append((str(n), shown, "infeasible", "", "", "", "", str(exc)))
     header = ("#", "overrides", "status", "params", "GFLOPs", "receptive field",
               "act. MiB/sample", "reason (a sweep records these jobs as skipped)")
-    print(_table([header, *rows]))
+    print(format_table(header, rows))
     for entry in sweep.sampled:
         print(f"sampled by the sweeper, not enumerated: {entry}")
     if sweep.launcher == "submitit_slurm":
@@ -100,16 +101,6 @@ def _swept(overrides: Sequence[str], combo: Sequence[str]) -> set[str]:
         if len({c[i] for c in all_combos}) > 1:
             variable.add(combo[i])
     return variable or set(combo)
-
-
-def _table(lines: list[tuple]) -> str:
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
-    out = []
-    for n, line in enumerate(lines):
-        out.append("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-        if n == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def cmd_make_demo(args: argparse.Namespace) -> int:

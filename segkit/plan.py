@@ -26,6 +26,7 @@ from segkit.shapes import (
     to_tuple,
 )
 from segkit.spec import UNetSpec, group_count
+from segkit.table import format_table
 
 Size = tuple[int, ...]
 
@@ -129,12 +130,8 @@ class Plan:
                     f"{r.params:,}" if r.params else "",
                 )
             )
-        widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
         out = [self.title] if self.title else []
-        for n, line in enumerate(lines):
-            out.append("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip())
-            if n == 0:
-                out.append("  ".join("-" * w for w in widths))
+        out.append(format_table(header, lines[1:]))
         s = self.summary()
         out += [
             "",

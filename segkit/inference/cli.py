@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from segkit.errors import ConfigError
+from segkit.table import format_table
 
 PREDICT_HELP = """\
 Predict NIfTI images with a trained checkpoint (the checkpoint alone is enough):
@@ -168,10 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=kv.get("progress", False),
     )
     header, rows = summary_rows(scores)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    print("\n".join(lines))
+    print(format_table(header, rows))
     print("HD95 in mm (segkit's scipy.ndimage distance-transform implementation)")
     if kv.get("output"):
         print(f"wrote {write_csv(kv['output'], header, rows)}")
