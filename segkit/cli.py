@@ -42,20 +42,25 @@ def _plan_one(overrides: Sequence[str]):
         counts = dataset_counts(cfg.data.root)
     except Exception:  # noqa: BLE001 - an unresolvable/missing root just means "unknown"
         counts = None
-    model = model_config(cfg, num_channels=counts[0] if counts else None,
-                         num_classes=counts[1] if counts else None)
+    model = model_config(
+        cfg, num_channels=counts[0] if counts else None, num_classes=counts[1] if counts else None
+    )
     spec = UNetSpec.from_config(model)
     patch = list(cfg.data.patch_size)
     title = _title(spec, patch)
     if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
-        title += (f"(no dataset.json at data.root={cfg.data.get('root', '?')}: assuming "
-                  f"{spec.in_channels} input channel(s) and {spec.out_channels} classes)\n")
+        title += (
+            f"(no dataset.json at data.root={cfg.data.get('root', '?')}: assuming "
+            f"{spec.in_channels} input channel(s) and {spec.out_channels} classes)\n"
+        )
     return spec, plan_unet(spec, patch, title=title)
 
 
 def _title(spec, patch) -> str:
-    return (f"segkit plan: {spec.spatial_dims}D U-Net, depth {spec.depth}, block {spec.block}, "
-            f"{spec.downsample}/{spec.upsample}, patch {'×'.join(map(str, patch))}\n")
+    return (
+        f"segkit plan: {spec.spatial_dims}D U-Net, depth {spec.depth}, block {spec.block}, "
+        f"{spec.downsample}/{spec.upsample}, patch {'×'.join(map(str, patch))}\n"
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -75,13 +80,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
         try:
             _, plan = _plan_one(combo)
             s = plan.summary()
-            rows.append((str(n), shown, "feasible", f"{plan.params:,}", f"{s['gflops']:,.2f}",
-                         "×".join(map(str, plan.receptive_field)), f"{s['activation_mib']:,.0f}",
-                         ""))
+            rows.append(
+                (
+                    str(n),
+                    shown,
+                    "feasible",
+                    f"{plan.params:,}",
+                    f"{s['gflops']:,.2f}",
+                    "×".join(map(str, plan.receptive_field)),
+                    f"{s['activation_mib']:,.0f}",
+                    "",
+                )
+            )
         except SegkitError as exc:
             rows.append((str(n), shown, "infeasible", "", "", "", "", str(exc)))
-    header = ("#", "overrides", "status", "params", "GFLOPs", "receptive field",
-              "act. MiB/sample", "reason (a sweep records these jobs as skipped)")
+    header = (
+        "#",
+        "overrides",
+        "status",
+        "params",
+        "GFLOPs",
+        "receptive field",
+        "act. MiB/sample",
+        "reason (a sweep records these jobs as skipped)",
+    )
     print(format_table(header, rows))
     for entry in sweep.sampled:
         print(f"sampled by the sweeper, not enumerated: {entry}")
@@ -128,10 +150,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("plan", help="print the static plan of a configured network",
-                       description=PLAN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--multirun", action="store_true",
-                   help="expand sweep overrides (a=1,2 b=3,5) and plan every combination")
+    p = sub.add_parser(
+        "plan",
+        help="print the static plan of a configured network",
+        description=PLAN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="expand sweep overrides (a=1,2 b=3,5) and plan every combination",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.depth=4")
     p.set_defaults(func=cmd_plan)
@@ -146,13 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_inference_parsers(sub)  # predict, export, evaluate
 
-    p = sub.add_parser("sweep-report", help="summarise a multirun: summary.csv/.md/.png",
-                       description="Collect every job's overrides and metrics.json of a "
-                       "multirun (skipped and failed jobs with their reason) into summary.csv, "
-                       "summary.md and summary.png inside MULTIRUN_DIR.")
+    p = sub.add_parser(
+        "sweep-report",
+        help="summarise a multirun: summary.csv/.md/.png",
+        description="Collect every job's overrides and metrics.json of a "
+        "multirun (skipped and failed jobs with their reason) into summary.csv, "
+        "summary.md and summary.png inside MULTIRUN_DIR.",
+    )
     p.add_argument("dir", metavar="MULTIRUN_DIR", help="the sweep's hydra.sweep.dir")
-    p.add_argument("--metric", default="dice_mean_best",
-                   help="metrics.json key to sort and plot by (default: dice_mean_best)")
+    p.add_argument(
+        "--metric",
+        default="dice_mean_best",
+        help="metrics.json key to sort and plot by (default: dice_mean_best)",
+    )
     p.set_defaults(func=cmd_sweep_report)
     return parser
 

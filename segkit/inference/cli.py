@@ -77,17 +77,14 @@ def parse_kv(
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(
-                f"segkit {command}: argument {item!r} is not key=value; keys: {allowed}"
-            )
+            raise ConfigError(f"argument {item!r} is not key=value; keys: {allowed}")
         if key not in schema:
-            raise ConfigError(f"segkit {command}: unknown key {key!r}; allowed: {allowed}")
+            raise ConfigError(f"unknown key {key!r}; allowed: {allowed}")
         out[key] = schema[key](key, value)
     missing = [k for k in required if k not in out]
     if missing:
         raise ConfigError(
-            f"segkit {command}: missing {', '.join(f'{k}=...' for k in missing)}; "
-            f"see segkit {command} --help"
+            f"missing {', '.join(f'{k}=...' for k in missing)}; see segkit {command} --help"
         )
     return out
 

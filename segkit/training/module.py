@@ -149,7 +149,8 @@ class SegModule(pl.LightningModule):
         per_class = torch.nanmean(per_case, dim=0)
         per_class = torch.nan_to_num(per_class, nan=0.0)
         mean = per_class.mean()
-        self.log("val/dice_mean", mean, prog_bar=True, sync_dist=False)
+        # every rank holds the gathered values, so syncing only averages identical numbers
+        self.log("val/dice_mean", mean, prog_bar=True, sync_dist=True)
         record = {
             "epoch": int(self.current_epoch),
             "step": int(self.global_step),
@@ -158,7 +159,7 @@ class SegModule(pl.LightningModule):
         }
         for c, v in enumerate(per_class.tolist(), start=1):
             name = self.label_names.get(c, f"class{c}")
-            self.log(f"val/dice_{name}", v, sync_dist=False)
+            self.log(f"val/dice_{name}", v, sync_dist=True)
             record["dice"][name] = v
         if not self.trainer.sanity_checking:
             self.val_history.append(record)
