@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytorch_lightning as pl
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Shrinks the real conf/train.yaml to a CPU run of a few seconds.
@@ -21,3 +23,15 @@ TINY = [
     "model.max_channels=16",
     "print_plan=false",
 ]
+
+
+class CaptureWeights(pl.Callback):
+    """Keeps a copy of the network's weights at the end of fit (added to a run with
+    ``+callbacks.capture._target_=tests.utils.CaptureWeights``), to compare with
+    what the checkpoint reloads."""
+
+    final: dict = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = pl_module.net.state_dict()
+        CaptureWeights.final = {k: v.detach().clone() for k, v in state.items()}

@@ -16,7 +16,7 @@ import torch
 
 from segkit.config import compose
 from segkit.training.run import train
-from tests.utils import REPO, TINY
+from tests.utils import REPO, TINY, CaptureWeights
 
 
 def _cfg(tmp_path: Path, data_dir: Path, *extra: str):
@@ -32,7 +32,13 @@ def _cfg(tmp_path: Path, data_dir: Path, *extra: str):
 
 
 def test_train_end_to_end_writes_real_metrics_and_reloadable_checkpoint(tmp_path, demo_data_dir):
-    cfg = _cfg(tmp_path, demo_data_dir, "model.block=residual", "model.kernel_size=5")
+    cfg = _cfg(
+        tmp_path,
+        demo_data_dir,
+        "model.block=residual",
+        "model.kernel_size=5",
+        "+callbacks.capture._target_=tests.utils.CaptureWeights",
+    )
     value, metrics = train(cfg)
 
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -56,17 +62,19 @@ def test_train_end_to_end_writes_real_metrics_and_reloadable_checkpoint(tmp_path
 
     from segkit.training.module import SegModule
 
+    # the trained network as it was in memory at the end of fit ...
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     module = SegModule(**ckpt["hyper_parameters"])
+    trained = SegModule(**ckpt["hyper_parameters"]).net
+    trained.load_state_dict(CaptureWeights.final)
+    # ... and as the checkpoint (loaded without unpickling code) rebuilds it
     module.load_state_dict(ckpt["state_dict"])
-    module.eval()
     x = torch.randn(1, 1, 31, 27, 19)
-    again = SegModule(**ckpt["hyper_parameters"])
-    again.load_state_dict(ckpt["state_dict"])
-    again.eval()
     with torch.no_grad():
-        assert torch.equal(module.net(x), again.net(x))
-        assert module.net(x).shape == (1, 4, 31, 27, 19)
+        expected = trained.eval()(x)
+        reloaded = module.net.eval()(x)
+    assert reloaded.shape == (1, 4, 31, 27, 19)
+    assert torch.equal(reloaded, expected)
 
 
 def _train_cmd(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
