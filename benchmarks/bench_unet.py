@@ -7,7 +7,7 @@ medians reported. Then an odd size (where PlainConvUNet crashes) and the time to
 solve a plan.
 
 Set-up (benchmark environment only, not a segkit dependency):
-    pip install --no-deps dynamic-network-architectures einops
+    pip install --no-deps dynamic-network-architectures einops monai
 Run:
     python benchmarks/bench_unet.py [--size 64 64 64] [--batch 2] [--repeats 7] [--device cpu]
 """
@@ -52,6 +52,29 @@ def dna_net(spec: UNetSpec) -> nn.Module:
         nonlin_kwargs={"negative_slope": 0.01, "inplace": True},
         deep_supervision=spec.deep_supervision,
     )
+
+
+def monai_dynunet_on(x: torch.Tensor, spec: UNetSpec) -> str:
+    """What MONAI's DynUNet with the same strides does on ``x`` (if MONAI is installed)."""
+    try:
+        from monai.networks.nets import DynUNet
+    except ImportError:
+        return "not installed (pip install --no-deps monai)"
+    net = DynUNet(
+        spatial_dims=3,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        kernel_size=[list(k) for k in spec.kernel_size],
+        strides=[list(s) for s in spec.strides],
+        upsample_kernel_size=[list(s) for s in spec.strides[1:]],
+        filters=[4] * spec.depth,  # narrow: only the shapes matter here
+    ).to(x.device)
+    try:
+        with torch.no_grad():
+            net(x)
+        return "ran"
+    except RuntimeError as exc:
+        return "crash: " + str(exc).split("\n")[0][:60]
 
 
 def step(net: nn.Module, x: torch.Tensor) -> float:
@@ -104,6 +127,7 @@ def main() -> None:
     except RuntimeError as exc:
         theirs_odd = "crash: " + str(exc).split("\n")[0][:60]
     ours_odd = step(ours, odd)
+    monai_odd = monai_dynunet_on(odd, spec)
 
     solve = []
     for _ in range(200):
@@ -126,6 +150,7 @@ def main() -> None:
         f"\nodd size {'×'.join(map(str, args.odd_size))}: PlainConvUNet {theirs_odd}; "
         f"segkit ran in {ours_odd:.3f} s, output {tuple(ours(odd)[0].shape[2:])}"
     )
+    print(f"odd size: MONAI DynUNet (same topology) {monai_odd}")
     print(f"solving the 6-stage 3D plan: median {statistics.median(solve) * 1e3:.2f} ms")
 
 
