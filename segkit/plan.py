@@ -315,7 +315,7 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
                 if cur[a] < stride[a]:
                     fit = _largest_depth(spec, size)
                     raise ShapeError(
-                        f"stage {i}, axis {a}: {cur[a]} voxels cannot be downsampled by stride "
+                        f"stage {i}, axis {a}: {cur[a]} voxel(s) cannot be downsampled by stride "
                         f"{stride[a]} (input {list(size)} shrinks to {list(cur)} "
                         f"at stage {i - 1}). "
                         f"Fix: an input of at least {list(minimum)} "
