@@ -305,3 +305,34 @@ def predict_logits(
                 logits += run(image.flip(dims)).flip(dims)
             logits /= len(flips) + 1
     return logits
+
+
+def predict_volume(
+    net: nn.Module,
+    image: torch.Tensor,
+    *,
+    window: Sequence[int],
+    slice_axis: int = 2,
+    slices_per_batch: int = 32,
+    **kwargs,
+) -> torch.Tensor:
+    """Logits (N, K, *S) for volumes (N, C, *S); see :func:`predict_logits` for ``kwargs``.
+
+    A 2D network (``net.spec.spatial_dims == 2``) on 3D volumes runs slice by slice
+    across ``slice_axis`` (the axis its training patches were cut across), in
+    batches of ``slices_per_batch`` slices.
+    """
+    if net.spec.spatial_dims != 2 or image.dim() != 5:
+        return predict_logits(net, image, window=window, **kwargs)
+    window = list(window)
+    if len(window) == 3:
+        del window[slice_axis]
+    axis = 2 + slice_axis
+    out = []
+    for volume in image.movedim(axis, 1):  # (S, C, a, b) per volume
+        chunks = [
+            predict_logits(net, volume[i : i + slices_per_batch], window=window, **kwargs)
+            for i in range(0, volume.shape[0], slices_per_batch)
+        ]
+        out.append(torch.cat(chunks))
+    return torch.stack(out).movedim(1, axis)

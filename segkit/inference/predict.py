@@ -26,7 +26,7 @@ import torch
 from segkit.data.io import NIFTI_SUFFIXES, atomic_path, strip_nifti_suffix, write_nifti
 from segkit.errors import ConfigError, DataError
 from segkit.inference.checkpoint import LoadedModel, load_model
-from segkit.inference.engine import MODES, predict_logits
+from segkit.inference.engine import MODES, predict_volume
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -220,16 +220,12 @@ def _logits(
         tta=opts.tta,
         progress=opts.progress,
     )
-    if model.spec.spatial_dims == 3:
-        return predict_logits(model.net, x[None], window=model.patch_size, **kwargs)[0]
-    if model.spec.spatial_dims != 2:
+    if model.spec.spatial_dims not in (2, 3):
         raise ConfigError(f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D")
-    slices = x.movedim(1 + model.slice_axis, 0)  # (Z, C, X, Y): one batch item per slice
-    window = list(model.patch_size)
-    if len(window) == 3:
-        del window[model.slice_axis]
-    logits = predict_logits(model.net, slices, window=window, **kwargs)
-    return logits.movedim(0, 1 + model.slice_axis)
+    logits = predict_volume(
+        model.net, x[None], window=model.patch_size, slice_axis=model.slice_axis, **kwargs
+    )
+    return logits[0]
 
 
 def predict_case(

@@ -10,7 +10,7 @@ import torch
 from torchmetrics.functional.segmentation import dice_score
 
 from segkit.errors import ConfigError
-from segkit.inference.engine import predict_logits
+from segkit.inference.engine import predict_volume
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
@@ -120,24 +120,16 @@ class SegModule(pl.LightningModule):
                 "case": str(batch.get("case", ["case"])[0]),
             }
 
-    def predict_volume(self, image: torch.Tensor, *, slices_per_batch: int = 16) -> torch.Tensor:
+    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
         """Logits for whole volumes (N, C, *S); a 2D network goes slice by slice."""
-        kwargs = dict(
+        return predict_volume(
+            self.net,
+            image,
             window=self.hparams.patch_size,
+            slice_axis=self.hparams.slice_axis,
             mode=self.hparams.val_mode,
             overlap=self.hparams.val_overlap,
         )
-        if self.spec.spatial_dims == 2 and image.dim() == 5:
-            axis = 2 + self.hparams.slice_axis
-            out = []
-            for volume in image.movedim(axis, 1):  # (S, C, a, b) per volume
-                chunks = [
-                    predict_logits(self.net, volume[i : i + slices_per_batch], **kwargs)
-                    for i in range(0, volume.shape[0], slices_per_batch)
-                ]
-                out.append(torch.cat(chunks))
-            return torch.stack(out).movedim(1, axis)
-        return predict_logits(self.net, image, **kwargs)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_dice:

@@ -183,3 +183,18 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
     assert metrics["patch_size"] == [32, 32]
     assert "32×32 → 32×32" in (tmp_path / "plan.txt").read_text()
     assert (tmp_path / "pictures" / "val_epoch001.png").is_file()
+
+    import nibabel as nib
+
+    from segkit.inference.predict import PredictOptions, predict
+
+    image = sorted((demo_data_dir / "demo" / "imagesTs").glob("*.nii.gz"))[0]
+    written = predict(
+        ckpt=tmp_path / "checkpoints" / "last.ckpt",
+        input=image,
+        output=tmp_path / "pred",
+        options=PredictOptions(progress=False),
+    )
+    source, pred = nib.load(image), nib.load(written[0])
+    assert pred.shape == source.shape
+    assert (pred.affine == source.affine).all()
