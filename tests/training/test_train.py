@@ -198,3 +198,31 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
     source, pred = nib.load(image), nib.load(written[0])
     assert pred.shape == source.shape
     assert (pred.affine == source.affine).all()
+
+
+def test_ddp_preset_runs_on_two_cpu_ranks(tmp_path, demo_data_dir):
+    # trainer=ddp as on a GPU node, with gloo on CPU: 2 ranks share each epoch's patches
+    ddp = [
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "trainer.benchmark=false",
+        "logger=csv",
+        "~callbacks.pictures",
+        "data.samples_per_epoch=8",
+        "++trainer.limit_train_batches=null",
+    ]
+    out = subprocess.run(
+        _train_cmd(tmp_path, demo_data_dir, *ddp),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stdout + out.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # 8 patches per epoch, batch 2, split over 2 ranks: 2 steps per epoch, 2 epochs
+    assert metrics["global_step"] == 4
+    assert 0.0 <= metrics["dice_mean_best"] <= 1.0
