@@ -32,16 +32,21 @@ and how to fix it.
 
 
 def _plan_one(overrides: Sequence[str]):
-    from segkit.config import compose, dataset_counts, model_config
+    from pathlib import Path
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from segkit.config import compose, model_config
+    from segkit.data.layouts import read_dataset_info
     from segkit.plan import plan_unet
     from segkit.spec import UNetSpec
 
     cfg = compose(overrides)
-    counts = None
     try:
-        counts = dataset_counts(cfg.data.root)
-    except Exception:  # noqa: BLE001 - an unresolvable/missing root just means "unknown"
-        counts = None
+        info = read_dataset_info(Path(cfg.data.root))
+        counts = (info.num_channels, info.num_classes)
+    except (SegkitError, OmegaConfBaseException, OSError):
+        counts = None  # no (readable) dataset yet: the plan still shows, with a note
     model = model_config(
         cfg, num_channels=counts[0] if counts else None, num_classes=counts[1] if counts else None
     )
@@ -49,9 +54,16 @@ def _plan_one(overrides: Sequence[str]):
     patch = list(cfg.data.patch_size)
     title = _title(spec, patch)
     if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
+        from omegaconf import OmegaConf
+
+        where = (
+            "data.root is not set"
+            if OmegaConf.is_missing(cfg.data, "root")
+            else f"no dataset.json at data.root={cfg.data.root}"
+        )
         title += (
-            f"(no dataset.json at data.root={cfg.data.get('root', '?')}: assuming "
-            f"{spec.in_channels} input channel(s) and {spec.out_channels} classes)\n"
+            f"({where}: assuming {spec.in_channels} input channel(s) and "
+            f"{spec.out_channels} classes)\n"
         )
     return spec, plan_unet(spec, patch, title=title)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,17 +70,6 @@ def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
         else:
             axes.append([o.input_line])
     return [list(combo) for combo in itertools.product(*axes)]
-
-
-def dataset_counts(root: str | Path) -> tuple[int, int] | None:
-    """``(num_channels, num_classes)`` from ``root/dataset.json``, or None if it is absent."""
-    path = Path(root) / "dataset.json"
-    if not path.is_file():
-        return None
-    meta = json.loads(path.read_text())
-    channels = meta.get("channel_names") or meta.get("modality") or {}
-    labels = meta.get("labels") or {}
-    return len(channels), len(labels)
 
 
 def model_config(
