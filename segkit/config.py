@@ -93,3 +93,55 @@ def model_config(
                 f"override (segkit reads it from dataset.json) or set model.{key}={value}"
             )
     return model
+
+
+def group_choices(cfg: DictConfig) -> dict[str, str]:
+    """The config group options in effect (``data``, ``model``, ``experiment``, ...).
+
+    Read from the composed config's ``hydra.runtime.choices`` (``compose(...,
+    hydra_config=True)``) or from Hydra's running app; empty if neither is known.
+    """
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None)
+    if choices is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            choices = HydraConfig.get().runtime.choices
+    if choices is None:
+        return {}
+    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+
+
+def composition(cfg: DictConfig) -> str:
+    """One line naming the presets in effect, e.g. ``experiment none · data demo · model demo``."""
+    choices = group_choices(cfg)
+    if not choices:
+        return "presets: unknown (composed without Hydra's runtime choices)"
+    parts = [f"{g} {choices.get(g) or 'none'}" for g in ("experiment", "data", "model")]
+    for group in ("planner", "trainer", "optim"):
+        if group in choices:
+            parts.append(f"{group} {choices[group]}")
+    return " · ".join(parts)
+
+
+def check_data_choice(cfg: DictConfig) -> None:
+    """``data=demo`` only reads the synthetic demo; anything else must say ``data=msd``.
+
+    The demo data group also brings a small network and a short CPU schedule, so
+    silently training a user's dataset with it would be wrong.
+
+    Raises:
+        ConfigError: ``data.root`` points away from the demo while ``data=demo``.
+    """
+    demo = OmegaConf.select(cfg, "data.make_demo_if_missing", default=None)
+    if not isinstance(demo, str) or OmegaConf.is_missing(cfg.data, "root"):
+        return
+    root = Path(str(cfg.data.root)).expanduser().resolve()
+    if root != Path(demo).expanduser().resolve():
+        raise ConfigError(
+            f"data.root={cfg.data.root}: data=demo is the synthetic demo dataset (generated "
+            f"at {demo}) and comes with the small demo network and a short CPU schedule. Fix: "
+            f"for your own dataset use `data=msd data.root={cfg.data.root}` (the nnU-Net-like "
+            "model=unet, patch 128³; see the README, 'Using your own data'), or an experiment "
+            "such as experiment=msd_hippocampus"
+        )

@@ -15,3 +15,7 @@ class ShapeError(SegkitError, ValueError):
 
 class DataError(SegkitError, ValueError):
     """A dataset file or layout is missing or inconsistent."""
+
+
+class ExportError(SegkitError, RuntimeError):
+    """An exported model does not reproduce the eager network."""

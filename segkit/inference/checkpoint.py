@@ -26,6 +26,8 @@ from segkit.nn import UNet
 from segkit.spec import UNetSpec
 
 _PREFIX = "net."
+# Where training stores the inference setting it measured on the validation fold.
+CALIBRATION_KEY = "segkit_inference"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class LoadedModel:
         preprocessor: the preprocessing settings, None if the checkpoint has none.
         path: the checkpoint file.
         slice_axis: for 2D models, the volume axis slices are taken across.
+        calibration: the sliding-window setting measured at the end of training
+            (``overlap``, ``window_scale``, ``dice_mean``, the measured ``rows``), None
+            if the checkpoint has none.
     """
 
     net: UNet
@@ -49,6 +54,7 @@ class LoadedModel:
     preprocessor: Preprocessor | None
     path: Path
     slice_axis: int = 2
+    calibration: dict[str, Any] | None = None
 
 
 def _not_segkit(path: Path, why: str) -> ConfigError:
@@ -145,4 +151,17 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
         preprocessor=preprocessor,
         path=path,
         slice_axis=int(hp.get("slice_axis", 2)),
+        calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
     )
+
+
+def _calibration(value: Any) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    try:
+        overlap, scale = float(value["overlap"]), float(value["window_scale"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (0 <= overlap < 1 and scale >= 1):
+        return None
+    return {**dict(value), "overlap": overlap, "window_scale": scale}

@@ -13,22 +13,31 @@ PREDICT_HELP = """\
 Predict NIfTI images with a trained checkpoint (the checkpoint alone is enough):
 
   segkit predict ckpt=RUN/checkpoints/best.ckpt input=FILE_OR_DIR output=DIR \\
-      [mode=auto|whole|sliding] [overlap=0.5] [tta=false] [save_probabilities=false] \\
-      [device=auto] [sw_batch_size=4] [progress=true]
+      [mode=auto|whole|sliding] [overlap=...] [window_scale=...] [tta=false] \\
+      [save_probabilities=false] [device=auto] [sw_batch_size=4] [progress=true]
 
+ckpt: a checkpoint, several (a.ckpt,b.ckpt: an ensemble averaging their probabilities),
+or a multirun directory of folds (*/checkpoints/best.ckpt).
 input: one image, a folder of images (Decathlon 4D files or nnU-Net {case}_0000.nii.gz
 channel files), or a dataset folder (its imagesTs/ is used). One {case}.nii.gz label map
-per case is written to output with the input's shape, affine and header.
+per case is written to output (never the input folder) with the input's shape, affine
+and header.
+mode=auto (default) runs the whole volume only where that gives the sliding window's
+answer, else a Gaussian sliding window of the training patch; overlap and window_scale
+default to the setting measured on the validation fold at the end of training (stored
+in the checkpoint), else 0.5 and 1. One line per case says what ran and why.
 """
 
 EXPORT_HELP = """\
 Export a trained network for any input size:
 
-  segkit export ckpt=RUN/checkpoints/best.ckpt format=onnx|torchscript output=FILE [check=true]
+  segkit export ckpt=RUN/checkpoints/best.ckpt format=onnx|torchscript output=FILE \\
+      [check=true] [tolerance=1e-3]
 
 ONNX has dynamic batch and spatial axes (needs pip install 'segkit[export]');
 TorchScript is traced from a size-free wrapper. Both are compared with the eager
-model on two odd input sizes and the max abs difference is printed.
+model on two odd input sizes and the max abs difference is printed; above
+tolerance × max(1, max |eager logits|) the command fails (exit 2) and writes nothing.
 """
 
 EVALUATE_HELP = """\
@@ -100,6 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "output": _as_str,
             "mode": _as_str,
             "overlap": _as_number(float),
+            "window_scale": _as_number(float),
             "tta": _as_bool,
             "save_probabilities": _as_bool,
             "device": _as_str,
@@ -126,6 +136,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             "format": _as_str,
             "output": _as_str,
             "check": _as_bool,
+            "tolerance": _as_number(float),
         },
         required=("ckpt", "format", "output"),
         command="export",
@@ -137,6 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         output=kv["output"],
         patch_size=model.patch_size,
         check=kv.get("check", True),
+        tolerance=kv.get("tolerance", 1e-3),
     )
     print(f"wrote {kv['format']} model to {kv['output']}")
     if checks:

@@ -1,23 +1,24 @@
-"""Whole-volume and sliding-window prediction of logits for one batch of volumes.
+"""One inference path for validation and prediction: which mode, and the logits.
 
-The exact-shape network runs on a whole volume at its native size (no padding to
-a multiple). Sliding window tiles any volume with windows of any size, weights
-each window with a Gaussian importance map and accumulates on the device.
+:func:`infer` is what validation during training *and* ``segkit predict`` call, so a
+validation Dice and a prediction made with the same checkpoint and settings are the
+same numbers. It first :func:`decide`\\ s how to run:
+
+- **whole volume**, once, at the volume's native size (the exact-shape network takes any
+  size), only where that gives the answer a sliding window would: the volume is no
+  larger than the training patch on every axis, or the network's output does not depend
+  on the extent of its input (no instance/group norm, no global statistics; batch norm in
+  eval mode uses its running statistics);
+- otherwise a **Gaussian sliding window** of the training patch size (times
+  ``window_scale``). Instance and group norm normalise every feature map with the
+  statistics of the whole input, so a network trained on patches answers differently,
+  and measurably worse, on a whole volume (README, "Inference modes").
 
 How the sliding window keeps its own overhead small (``benchmarks/bench_sliding_window.py``):
-
-- windows are gathered into one preallocated batch buffer (one copy per window,
-  no ``torch.cat`` of temporaries) and accumulated with a fused in-place
-  ``addcmul_`` into a preallocated output;
-- the normaliser (sum of the overlapping weights) is separable like the
-  Gaussian itself, so it is built from per-axis 1D sums instead of one
-  full-volume add per window, and applied with one in-place division;
-- the importance map is computed once per window size and cached; the network
-  runs under ``torch.inference_mode``.
-
-Measured on 2 CPU cores the network itself takes ~90 % of the time at overlap
-0.5, so this loop runs at MONAI's speed at equal output; the large saving is
-whole-volume mode (no overlap redundancy), which ``auto`` picks when it fits.
+windows are gathered into one preallocated batch buffer and accumulated with a fused
+in-place ``addcmul_`` into a preallocated output; the normaliser (sum of the overlapping
+weights) is separable like the Gaussian itself, so it is built from per-axis 1D sums; the
+importance map is cached per window size; the network runs under ``torch.inference_mode``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import functools
 import itertools
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -33,6 +35,114 @@ from torch import nn
 from segkit.errors import ConfigError
 
 MODES = ("auto", "whole", "sliding")
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to turn a volume into logits.
+
+    Attributes:
+        mode: ``auto`` (whole volume only where it equals the sliding window, see
+            :func:`decide`), ``whole`` or ``sliding``.
+        overlap: fraction of a window shared with its neighbour, in [0, 1).
+        window_scale: sliding-window size as a multiple of the training patch (>= 1
+            gives the network more context per window; clipped to the volume).
+        sw_batch_size: windows per forward call.
+        tta: average over all mirrorings of the spatial axes (2^ndim passes).
+    """
+
+    mode: str = "auto"
+    overlap: float = 0.5
+    window_scale: float = 1.0
+    sw_batch_size: int = 4
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: got {self.mode!r}; allowed: {', '.join(MODES)}")
+        _check_overlap(self.overlap)
+        if not self.window_scale >= 1.0:
+            raise ConfigError(
+                f"window_scale: got {self.window_scale}; expected a number >= 1 (the window "
+                "is the training patch times this, clipped to the volume)"
+            )
+        if self.sw_batch_size < 1:
+            raise ConfigError(f"sw_batch_size: got {self.sw_batch_size}; expected an integer >= 1")
+
+    def describe(self) -> str:
+        text = f"mode={self.mode} overlap={self.overlap:g} window_scale={self.window_scale:g}"
+        return text + (" tta" if self.tta else "")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What :func:`infer` ran for one volume, and why.
+
+    Attributes:
+        mode: ``whole`` or ``sliding``.
+        size: spatial size of the volume (per slice for a 2D network on a volume).
+        window: the window (the whole size in ``whole`` mode).
+        overlap: sliding-window overlap (0 for ``whole``).
+        windows: forward passes per volume, before TTA.
+        reason: one line saying why this mode was chosen.
+    """
+
+    mode: str
+    size: tuple[int, ...]
+    window: tuple[int, ...]
+    overlap: float
+    windows: int
+    reason: str
+
+    @property
+    def voxels(self) -> int:
+        """Voxels the network processes per volume (the cost that calibration compares)."""
+        return self.windows * math.prod(self.window)
+
+    def describe(self) -> str:
+        size = "×".join(map(str, self.size))
+        if self.mode == "whole":
+            return f"whole volume {size} ({self.reason})"
+        win = "×".join(map(str, self.window))
+        return (
+            f"sliding window {win} over {size}, overlap {self.overlap:g}, {self.windows} "
+            f"windows ({self.reason})"
+        )
+
+
+# ----------------------------------------------------------------- extent dependence
+
+_EXTENT_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def extent_dependence(net: nn.Module) -> str | None:
+    """Why the network's output at a voxel depends on the extent of its input, or None.
+
+    Instance norm (without running statistics), group norm, layer norm over spatial axes
+    and batch norm in training mode normalise with statistics of the whole input. A
+    module can declare itself with a ``depends_on_extent`` attribute (e.g. a global
+    response normalisation).
+    """
+    for name, module in net.named_modules():
+        declared = getattr(module, "depends_on_extent", None)
+        if declared is not None:
+            if declared:
+                return f"{type(module).__name__} ({name}) uses statistics of the whole input"
+            continue
+        running = getattr(module, "track_running_stats", False) and not module.training
+        if isinstance(module, _EXTENT_NORMS) and not running:
+            return "instance norm normalises with statistics of the whole input"
+        if isinstance(module, nn.GroupNorm):
+            return "group norm normalises with statistics of the whole input"
+        if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
+            return "layer norm over spatial axes uses statistics of the whole input"
+        if isinstance(module, _BATCH_NORMS) and not running:
+            return "batch norm without running statistics uses the whole input's"
+    return None
+
+
+# ------------------------------------------------------------------- sliding window
 
 
 @functools.lru_cache(maxsize=16)
@@ -164,8 +274,7 @@ def sliding_window(
         gaussian: Gaussian importance weighting (else uniform averaging).
         progress: show a progress bar over window batches.
         channels_last: run the windows in the channels-last memory format (no
-            measurable gain on CPU in ``benchmarks/bench_sliding_window.py``; try it
-            on GPUs with tensor cores).
+            measurable gain on CPU in ``benchmarks/bench_sliding_window.py``).
 
     Returns:
         Logits (N, K, *S), float32.
@@ -227,39 +336,157 @@ def inference_bytes(net: nn.Module, size: Sequence[int]) -> int:
     return 4 * biggest * 4  # live: current output, the skip, concat input and a spare
 
 
-def choose_mode(
+def _default_budget(device: torch.device | str) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 4 * 2**30
+
+
+def scaled_window(patch: Sequence[int], scale: float) -> tuple[int, ...]:
+    """The training patch times ``scale``, per axis (at least the patch)."""
+    return tuple(max(int(p), int(round(p * scale))) for p in patch)
+
+
+def decide(
     net: nn.Module,
     size: Sequence[int],
-    window: Sequence[int],
+    patch: Sequence[int],
+    settings: InferenceSettings | None = None,
     *,
-    mode: str = "auto",
     memory_budget: int | None = None,
     device: torch.device | str = "cpu",
-) -> str:
-    """``whole`` when the volume fits (under ``memory_budget`` bytes), else ``sliding``.
+) -> Decision:
+    """Which mode :func:`infer` runs for a volume of ``size``, with the reason.
 
-    The default budget is half the free GPU memory on CUDA and 4 GiB on the CPU.
+    ``auto`` takes the whole volume only where it gives the sliding window's answer:
+    the volume fits in one window, or the network does not depend on its input's
+    extent (and the pass fits ``memory_budget`` bytes: half the free GPU memory on
+    CUDA, 4 GiB on the CPU). Otherwise a sliding window of ``patch × window_scale``.
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode: got {mode!r}; allowed: {', '.join(MODES)}")
-    if mode != "auto":
-        return mode
-    if all(s <= w for s, w in zip(size, window)):
-        return "whole"
-    if memory_budget is None:
-        device = torch.device(device)
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            memory_budget = int(free * 0.5)
-        else:
-            memory_budget = 4 * 2**30
-    return "whole" if inference_bytes(net, size) <= memory_budget else "sliding"
+    s = settings or InferenceSettings()
+    size = tuple(int(v) for v in size)
+    if len(patch) != len(size):
+        raise ConfigError(
+            f"patch {list(patch)} has {len(patch)} axes but the volume has {len(size)}; "
+            "give one window size per axis"
+        )
+    window = tuple(min(w, n) for w, n in zip(scaled_window(patch, s.window_scale), size))
+    windows = math.prod(len(window_starts(n, w, s.overlap)) for n, w in zip(size, window))
+    whole = Decision("whole", size, size, 0.0, 1, "")
+    sliding = Decision("sliding", size, window, s.overlap, windows, "")
+    if s.mode == "whole":
+        return replace(whole, reason="mode=whole")
+    if s.mode == "sliding":
+        return replace(sliding, reason="mode=sliding")
+    if all(n <= p for n, p in zip(size, patch)):
+        return replace(whole, reason="the volume fits in one training patch")
+    why = extent_dependence(net)
+    if why is not None:
+        return replace(sliding, reason=f"{why}, and the volume is larger than the patch")
+    budget = _default_budget(device) if memory_budget is None else memory_budget
+    if inference_bytes(net, size) <= budget:
+        return replace(whole, reason="no norm depends on the input's extent")
+    return replace(sliding, reason="the whole volume would exceed the memory budget")
 
 
 def mirror_axes(ndim: int) -> list[tuple[int, ...]]:
     """Every non-empty set of spatial tensor dims to flip for mirroring TTA."""
     dims = range(2, ndim + 2)
     return [c for r in range(1, ndim + 1) for c in itertools.combinations(dims, r)]
+
+
+def _run(
+    net: nn.Module,
+    image: torch.Tensor,
+    decision: Decision,
+    settings: InferenceSettings,
+    progress: bool,
+) -> torch.Tensor:
+    def once(x: torch.Tensor) -> torch.Tensor:
+        if decision.mode == "whole":
+            return whole_volume(net, x)
+        return sliding_window(
+            net,
+            x,
+            decision.window,
+            overlap=decision.overlap,
+            sw_batch_size=settings.sw_batch_size,
+            progress=progress,
+        )
+
+    with torch.inference_mode():
+        logits = once(image)
+        if settings.tta:
+            flips = mirror_axes(image.dim() - 2)
+            for dims in flips:
+                logits += once(image.flip(dims)).flip(dims)
+            logits /= len(flips) + 1
+    return logits
+
+
+def infer(
+    net: nn.Module,
+    image: torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    settings: InferenceSettings | None = None,
+    slice_axis: int = 2,
+    slices_per_batch: int = 32,
+    memory_budget: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, Decision]:
+    """Logits (N, K, *S) of volumes (N, C, *S), and what was run: the one inference path.
+
+    Validation during training and ``segkit predict`` both call this. A 2D network
+    (``net.spec.spatial_dims == 2``) on 3D volumes runs slice by slice across
+    ``slice_axis`` (the axis its training patches were cut across), ``slices_per_batch``
+    slices at a time, each slice decided like a 2D volume. Call with ``net`` in eval mode.
+
+    Args:
+        net: the network.
+        image: the volumes.
+        patch_size: the training patch (the sliding window's base size).
+        settings: mode, overlap, window scale, batch of windows, TTA.
+        slice_axis: for 2D networks on volumes, the sliced volume axis.
+        slices_per_batch: slices per call for 2D networks on volumes.
+        memory_budget: bytes ``auto`` may spend on a whole-volume pass.
+        progress: progress bar over windows.
+    """
+    settings = settings or InferenceSettings()
+    spatial = getattr(getattr(net, "spec", None), "spatial_dims", image.dim() - 2)
+    if spatial == 2 and image.dim() == 5:
+        patch = list(patch_size)
+        if len(patch) == 3:
+            del patch[slice_axis]
+        axis = 2 + slice_axis
+        out = []
+        decision = None
+        for volume in image.movedim(axis, 1):  # (S, C, a, b) per volume
+            decision = decide(
+                net,
+                volume.shape[2:],
+                patch,
+                settings,
+                memory_budget=memory_budget,
+                device=image.device,
+            )
+            chunks = [
+                _run(net, volume[i : i + slices_per_batch], decision, settings, progress)
+                for i in range(0, volume.shape[0], slices_per_batch)
+            ]
+            out.append(torch.cat(chunks))
+        return torch.stack(out).movedim(1, axis), decision
+    decision = decide(
+        net,
+        image.shape[2:],
+        patch_size,
+        settings,
+        memory_budget=memory_budget,
+        device=image.device,
+    )
+    return _run(net, image, decision, settings, progress), decision
 
 
 def predict_logits(
@@ -274,65 +501,24 @@ def predict_logits(
     memory_budget: int | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Logits (N, K, *S) for ``image`` (N, C, *S); call with ``net`` in eval mode.
+    """Logits (N, K, *S) for ``image`` (N, C, *S): :func:`infer` with keyword settings.
 
     Args:
-        window: sliding-window size (the training patch size).
-        mode: ``auto`` (whole volume when it fits), ``whole`` or ``sliding``.
+        window: the training patch size (the sliding window).
+        mode: ``auto``, ``whole`` or ``sliding`` (see :func:`decide`).
         overlap: sliding-window overlap in [0, 1).
         sw_batch_size: windows per forward call.
         tta: average over all mirrorings of the spatial axes (2^ndim passes).
         memory_budget: bytes ``auto`` may spend on a whole-volume pass.
         progress: progress bar over windows.
     """
-    size = tuple(image.shape[2:])
-    chosen = choose_mode(
-        net, size, window, mode=mode, memory_budget=memory_budget, device=image.device
+    settings = InferenceSettings(mode=mode, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta)
+    logits, _ = infer(
+        net,
+        image,
+        patch_size=window,
+        settings=settings,
+        memory_budget=memory_budget,
+        progress=progress,
     )
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        if chosen == "whole":
-            return whole_volume(net, x)
-        return sliding_window(
-            net, x, window, overlap=overlap, sw_batch_size=sw_batch_size, progress=progress
-        )
-
-    with torch.inference_mode():
-        logits = run(image)
-        if tta:
-            flips = mirror_axes(image.dim() - 2)
-            for dims in flips:
-                logits += run(image.flip(dims)).flip(dims)
-            logits /= len(flips) + 1
     return logits
-
-
-def predict_volume(
-    net: nn.Module,
-    image: torch.Tensor,
-    *,
-    window: Sequence[int],
-    slice_axis: int = 2,
-    slices_per_batch: int = 32,
-    **kwargs,
-) -> torch.Tensor:
-    """Logits (N, K, *S) for volumes (N, C, *S); see :func:`predict_logits` for ``kwargs``.
-
-    A 2D network (``net.spec.spatial_dims == 2``) on 3D volumes runs slice by slice
-    across ``slice_axis`` (the axis its training patches were cut across), in
-    batches of ``slices_per_batch`` slices.
-    """
-    if net.spec.spatial_dims != 2 or image.dim() != 5:
-        return predict_logits(net, image, window=window, **kwargs)
-    window = list(window)
-    if len(window) == 3:
-        del window[slice_axis]
-    axis = 2 + slice_axis
-    out = []
-    for volume in image.movedim(axis, 1):  # (S, C, a, b) per volume
-        chunks = [
-            predict_logits(net, volume[i : i + slices_per_batch], window=window, **kwargs)
-            for i in range(0, volume.shape[0], slices_per_batch)
-        ]
-        out.append(torch.cat(chunks))
-    return torch.stack(out).movedim(1, axis)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segkit.data.io import atomic_path
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, ExportError
 from segkit.nn import UNet
 from segkit.nn.blocks import UpTransposed
 from segkit.shapes import up_padding
@@ -168,6 +168,7 @@ def export_model(
     output: str | Path,
     patch_size: Sequence[int],
     check: bool = True,
+    tolerance: float = 1e-3,
 ) -> list[ExportCheck]:
     """Writes ``net`` as ONNX (dynamic spatial axes) or TorchScript (traced) to ``output``.
 
@@ -177,12 +178,15 @@ def export_model(
         output: the file to write (atomically).
         patch_size: the training patch, used to choose example and check sizes.
         check: run the export on two odd sizes and compare with eager.
+        tolerance: largest allowed ``max |export − eager|``, relative to the eager
+            logits' largest magnitude (at least 1); above it nothing is written.
 
     Returns:
         One :class:`ExportCheck` per checked size.
 
     Raises:
         ConfigError: unknown format, or ONNX requested without ``segkit[export]``.
+        ExportError: the export disagrees with the eager network beyond ``tolerance``.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -203,8 +207,17 @@ def export_model(
             gen = torch.Generator().manual_seed(0)
             for size in sizes:
                 x = torch.randn(2, c, *size, generator=gen)
-                diff = (run(x) - _eager(net, x)).abs().max().item()
+                eager = _eager(net, x)
+                diff = (run(x) - eager).abs().max().item()
                 checks.append(ExportCheck(size=tuple(size), max_abs_diff=float(diff)))
+                limit = tolerance * max(1.0, eager.abs().max().item())
+                if not diff <= limit:  # NaN fails too
+                    raise ExportError(
+                        f"output={output}: the {fmt} export differs from the eager network by "
+                        f"{diff:.3g} at input size {'×'.join(map(str, size))} (allowed "
+                        f"{limit:.3g}); nothing was written. Fix: report this with the "
+                        "checkpoint, or raise tolerance= if the difference is acceptable."
+                    )
     return checks
 
 

@@ -5,9 +5,11 @@ normalise) → whole-volume or sliding-window logits → argmax → inversion
 (resample back, un-crop, undo reorientation) → one NIfTI with the input's
 shape, affine and header, written atomically (temporary name, then rename).
 
-Every input is checked before the first prediction (files exist, channel
-count matches the model, output directory writable), so a bad input fails
-with one clear message and leaves no output behind.
+Every input is checked before the first prediction (files exist, headers read,
+channel count matches the model, output directory writable and not the inputs'
+folder), so a bad input fails with one clear message and leaves no output behind.
+A case whose image body turns out corrupt fails alone: every other case is still
+written (each atomically), and the error names what was written and what failed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +26,9 @@ import numpy as np
 import torch
 
 from segkit.data.io import NIFTI_SUFFIXES, atomic_path, strip_nifti_suffix, write_nifti
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.inference.checkpoint import LoadedModel, load_model
-from segkit.inference.engine import MODES, predict_volume
+from segkit.inference.engine import Decision, InferenceSettings, infer
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -49,8 +51,12 @@ class PredictOptions:
     """How to predict.
 
     Attributes:
-        mode: ``auto`` | ``whole`` | ``sliding``.
-        overlap: sliding-window overlap in [0, 1).
+        mode: ``auto`` | ``whole`` | ``sliding`` (``auto``: whole volume only where it
+            gives the sliding window's answer; see :func:`segkit.inference.engine.decide`).
+        overlap: sliding-window overlap in [0, 1); None: the setting measured at the end
+            of training and stored in the checkpoint, else 0.5.
+        window_scale: sliding window as a multiple of the training patch (>= 1); None:
+            the checkpoint's measured setting, else 1.
         tta: mirroring test-time augmentation.
         save_probabilities: also write ``{case}.npz`` with class probabilities.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
@@ -59,7 +65,8 @@ class PredictOptions:
     """
 
     mode: str = "auto"
-    overlap: float = 0.5
+    overlap: float | None = None
+    window_scale: float | None = None
     tta: bool = False
     save_probabilities: bool = False
     device: str = "auto"
@@ -67,12 +74,37 @@ class PredictOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode: got {self.mode!r}; allowed: {', '.join(MODES)}")
-        if not 0 <= self.overlap < 1:
-            raise ConfigError(f"overlap: got {self.overlap}; expected 0 <= overlap < 1")
-        if self.sw_batch_size < 1:
-            raise ConfigError(f"sw_batch_size: got {self.sw_batch_size}; expected >= 1")
+        # the same checks as the engine's settings, before any file is read
+        InferenceSettings(
+            mode=self.mode,
+            overlap=0.5 if self.overlap is None else self.overlap,
+            window_scale=1.0 if self.window_scale is None else self.window_scale,
+            sw_batch_size=self.sw_batch_size,
+            tta=self.tta,
+        )
+
+    def settings(self, model: LoadedModel) -> tuple[InferenceSettings, str]:
+        """The engine settings for ``model`` and where overlap/window came from."""
+        cal = model.calibration or {}
+        overlap, scale, source = self.overlap, self.window_scale, "given"
+        if overlap is None or scale is None:
+            source = (
+                f"measured at the end of training (mean Dice {cal['dice_mean']:.4f})"
+                if cal and cal.get("dice_mean") is not None
+                else "default"
+            )
+        if overlap is None:
+            overlap = cal.get("overlap", 0.5)
+        if scale is None:
+            scale = cal.get("window_scale", 1.0)
+        settings = InferenceSettings(
+            mode=self.mode,
+            overlap=float(overlap),
+            window_scale=float(scale),
+            sw_batch_size=self.sw_batch_size,
+            tta=self.tta,
+        )
+        return settings, source
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,88 +241,211 @@ def _output_name(case: InputCase) -> str:
     return case.case_id + (".nii.gz" if first.endswith(".nii.gz") else ".nii")
 
 
-def _logits(
-    model: LoadedModel, image: np.ndarray, opts: PredictOptions, device: torch.device
-) -> torch.Tensor:
-    x = torch.from_numpy(image).to(device)
-    kwargs = dict(
-        mode=opts.mode,
-        overlap=opts.overlap,
-        sw_batch_size=opts.sw_batch_size,
-        tta=opts.tta,
-        progress=opts.progress,
-    )
-    if model.spec.spatial_dims not in (2, 3):
-        raise ConfigError(f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D")
-    logits = predict_volume(
-        model.net, x[None], window=model.patch_size, slice_axis=model.slice_axis, **kwargs
-    )
-    return logits[0]
+def resolve_checkpoints(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Checkpoint files from a file, a comma-separated list, a list, a run directory or a
+    multirun directory (``*/checkpoints/best.ckpt``, e.g. ``train.py -m data.fold=0,1,2,3,4``).
+
+    Raises:
+        ConfigError: nothing found, or a listed file does not exist.
+    """
+    if isinstance(ckpt, str | Path):
+        items = [p for p in str(ckpt).split(",") if p.strip()] if isinstance(ckpt, str) else [ckpt]
+    else:
+        items = list(ckpt)
+    found: list[Path] = []
+    for item in items:
+        path = Path(str(item).strip())
+        if path.is_dir():
+            runs = sorted(path.glob("checkpoints/best.ckpt")) or sorted(
+                path.glob("*/checkpoints/best.ckpt"), key=lambda p: _natural(p.parent.parent.name)
+            )
+            if not runs:
+                raise ConfigError(
+                    f"ckpt={path}: a folder without checkpoints/best.ckpt or "
+                    "*/checkpoints/best.ckpt. Fix: point ckpt= at a checkpoint file, a training "
+                    "run directory or a multirun directory (e.g. of train.py -m data.fold=0,1,2)."
+                )
+            found += runs
+        else:
+            found.append(path)
+    if not found:
+        raise ConfigError("ckpt=: no checkpoint given. Fix: ckpt=RUN/checkpoints/best.ckpt")
+    return found
+
+
+def _natural(name: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
+
+
+def check_ensemble(models: Sequence[LoadedModel]) -> None:
+    """Checkpoints averaged together must predict the same classes from the same inputs.
+
+    Raises:
+        ConfigError: another number of channels or classes, other label names, or other
+            preprocessing (spacing, normalisation, statistics), naming both checkpoints.
+    """
+    first = models[0]
+    for other in models[1:]:
+        why = None
+        if other.spec.in_channels != first.spec.in_channels:
+            why = f"{other.spec.in_channels} vs {first.spec.in_channels} input channels"
+        elif other.label_names != first.label_names:
+            why = f"classes {other.label_names} vs {first.label_names}"
+        elif other.preprocessor != first.preprocessor:
+            why = (
+                "other preprocessing (target spacing, normalisation or intensity statistics): "
+                f"{other.preprocessor} vs {first.preprocessor}"
+            )
+        if why:
+            raise ConfigError(
+                f"ckpt={other.path} cannot be averaged with ckpt={first.path}: {why}. Fix: "
+                "ensemble checkpoints of one dataset and preprocessing (e.g. the folds of one "
+                "`python train.py -m data.fold=0,1,2,3,4`)."
+            )
+
+
+def check_not_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path) -> None:
+    """Refuses an output folder that holds input images (outputs would overwrite them or
+    mix with them).
+
+    Raises:
+        ConfigError: naming the folder and the fix.
+    """
+    out = output_dir.expanduser().resolve()
+    folders = {p.expanduser().resolve().parent for c in cases for p in c.images}
+    inputs = {p.expanduser().resolve() for c in cases for p in c.images}
+    targets = {out / _output_name(c) for c in cases} | {out / f"{c.case_id}.npz" for c in cases}
+    clash = sorted(str(p) for p in targets & inputs)
+    if out in folders or clash:
+        raise ConfigError(
+            f"output={output_dir}: is the folder of the input images"
+            + (f" and would overwrite {clash[:3]}" if clash else "")
+            + ". Fix: write predictions to another folder, e.g. output=predictions/."
+        )
+
+
+def _probabilities(
+    models: Sequence[LoadedModel],
+    image: np.ndarray,
+    opts: PredictOptions,
+    device: torch.device,
+) -> tuple[torch.Tensor, list[tuple[Decision, str]]]:
+    """Softmax probabilities (K, *S) averaged over ``models``, and what each one ran."""
+    x = torch.from_numpy(image).to(device)[None]
+    total = None
+    decisions = []
+    for model in models:
+        if model.spec.spatial_dims not in (2, 3):
+            raise ConfigError(
+                f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D"
+            )
+        settings, source = opts.settings(model)
+        logits, decision = infer(
+            model.net,
+            x,
+            patch_size=model.patch_size,
+            settings=settings,
+            slice_axis=model.slice_axis,
+            progress=opts.progress,
+        )
+        probs = torch.softmax(logits[0], dim=0)
+        total = probs if total is None else total.add_(probs)
+        decisions.append((decision, source))
+    return total / len(models), decisions
 
 
 def predict_case(
-    model: LoadedModel,
+    models: LoadedModel | Sequence[LoadedModel],
     case: InputCase,
     output_dir: Path,
     opts: PredictOptions,
     device: torch.device,
-) -> Path:
-    """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``)."""
-    pre = model.preprocessor
+) -> tuple[Path, list[tuple[Decision, str]]]:
+    """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``).
+
+    Returns:
+        The written label file and, per checkpoint, what inference ran and where its
+        overlap/window came from.
+    """
+    models = [models] if isinstance(models, LoadedModel) else list(models)
+    pre = models[0].preprocessor
     image, props = pre.preprocess_image(case.images)
-    logits = _logits(model, image, opts, device)
-    seg = logits.argmax(0).to(torch.uint8 if logits.shape[0] <= 256 else torch.int16)
+    probs, decisions = _probabilities(models, image, opts, device)
+    seg = probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int16)
     seg_orig = pre.invert(seg.cpu().numpy(), props)
     out = output_dir / _output_name(case)
     probs_orig = None
     if opts.save_probabilities:
-        probs = torch.softmax(logits, dim=0).cpu().numpy()
-        probs_orig = pre.invert(probs, props).astype(np.float16)
+        probs_orig = pre.invert(probs.cpu().numpy(), props).astype(np.float16)
     write_nifti(out, seg_orig, case.images[0])
     if probs_orig is not None:
+        names = models[0].label_names
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
             np.savez_compressed(
                 tmp,
                 probabilities=probs_orig,
                 label_names=np.array(
-                    [model.label_names.get(i, f"class{i}") for i in range(probs_orig.shape[0])]
+                    [names.get(i, f"class{i}") for i in range(probs_orig.shape[0])]
                 ),
             )
-    return out
+    return out, decisions
+
+
+def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> str:
+    """One line: what ran for a case and why (per checkpoint of an ensemble)."""
+    parts = []
+    for n, (decision, source) in enumerate(decisions):
+        text = decision.describe()
+        if decision.mode == "sliding":
+            text += f" [overlap/window: {source}]"
+        parts.append(text if len(decisions) == 1 else f"ckpt {n}: {text}")
+    return f"{case_id}: " + "; ".join(parts)
 
 
 def predict(
     *,
-    ckpt: str | Path,
+    ckpt: str | Path | Sequence[str | Path],
     input: str | Path,
     output: str | Path,
     options: PredictOptions | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Predicts every case under ``input`` and writes one label NIfTI per case.
 
+    Several checkpoints (a list, ``a.ckpt,b.ckpt``, or a multirun directory of folds)
+    are an ensemble: their softmax probabilities are averaged, each checkpoint inferring
+    with its own measured setting. Each case is written atomically as soon as it is
+    done; a case that fails (e.g. a corrupt image body) does not stop the others, and the
+    error at the end names the cases written and the cases that failed.
+
     Args:
-        ckpt: a checkpoint written by segkit's training (nothing else is needed).
+        ckpt: checkpoint(s) written by segkit's training (nothing else is needed).
         input: a NIfTI file, a folder of them, or a dataset folder (its imagesTs/).
-        output: the folder to write ``{case}.nii.gz`` into (created if missing).
-        options: mode, overlap, TTA, device, ...
+        output: the folder to write ``{case}.nii.gz`` into (created if missing); never
+            the folder of the inputs.
+        options: mode, overlap, window, TTA, device, ...
+        report: called with one line per case saying what inference ran and why
+            (default: print).
 
     Returns:
         The written label files.
 
     Raises:
-        ConfigError: bad checkpoint, options or output folder.
-        DataError: no or bad input files, channel mismatch.
+        ConfigError: bad checkpoint, options, ensemble or output folder.
+        DataError: no or bad input files, channel mismatch, cases that failed.
     """
     opts = options or PredictOptions()
     device = resolve_device(opts.device)
-    model = load_model(ckpt, device=device)
-    if model.preprocessor is None:
-        raise ConfigError(
-            f"ckpt={ckpt}: holds no preprocessing settings (hyper_parameters.preprocessor), "
-            "so inputs cannot be prepared as in training. Fix: use a checkpoint written by "
-            "`python train.py` with a segkit data module."
-        )
-    channels = model.spec.in_channels
+    models = [load_model(p, device=device) for p in resolve_checkpoints(ckpt)]
+    for model in models:
+        if model.preprocessor is None:
+            raise ConfigError(
+                f"ckpt={model.path}: holds no preprocessing settings "
+                "(hyper_parameters.preprocessor), so inputs cannot be prepared as in training. "
+                "Fix: use a checkpoint written by `python train.py` with a segkit data module."
+            )
+    check_ensemble(models)
+    channels = models[0].spec.in_channels
     cases = find_cases(input, num_channels=channels)
     for case in cases:
         check_case(case, num_channels=channels)
@@ -298,13 +453,30 @@ def predict(
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"input={input}: several inputs would be written as {dupes[:5]}.")
+    check_not_overwriting_inputs(cases, Path(output))
     out_dir = check_output_dir(output)
-    written = []
+    written: list[Path] = []
+    failed: list[str] = []
     iterator = cases
+    say = report or print
     if opts.progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(cases, desc="cases", unit="case")
+        say = report or tqdm.write
     for case in iterator:
-        written.append(predict_case(model, case, out_dir, opts, device))
+        try:
+            path, decisions = predict_case(models, case, out_dir, opts, device)
+        except SegkitError as err:
+            failed.append(f"{case.case_id}: {err}")
+            say(f"{case.case_id}: FAILED: {err}")
+            continue
+        written.append(path)
+        say(describe_case(case.case_id, decisions))
+    if failed:
+        done = ", ".join(p.name for p in written) or "none"
+        raise DataError(
+            f"{len(failed)} of {len(cases)} case(s) failed and were not written "
+            f"({'; '.join(failed)}). Written (complete): {done}."
+        )
     return written

@@ -1,4 +1,4 @@
-"""The LightningModule: loss, optimisation, whole-volume validation with per-class Dice."""
+"""The LightningModule: loss, optimisation, validation through segkit's one inference path."""
 
 from __future__ import annotations
 
@@ -7,13 +7,40 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torchmetrics.functional.segmentation import dice_score
 
 from segkit.errors import ConfigError
-from segkit.inference.engine import predict_volume
+from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.scoring import case_dice, mean_dice
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
+
+
+def build_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
+    """The optimizer of ``optim.optimizer``: a ``torch.optim`` class and its arguments.
+
+    Only optimizers of ``torch.optim`` are accepted (an allow-list, not Hydra's
+    ``instantiate``): hyperparameters come back from checkpoints, which must not be able
+    to name arbitrary code to run.
+    """
+    target = str(cfg.get("_target_", ""))
+    name = target.removeprefix("torch.optim.")
+    cls = getattr(torch.optim, name, None) if target.startswith("torch.optim.") else None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        allowed = sorted(
+            n
+            for n, c in vars(torch.optim).items()
+            if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and n != "Optimizer"
+        )
+        raise ConfigError(
+            f"optim.optimizer._target_={target!r}: not an optimizer segkit builds; use one of "
+            f"torch.optim.{{{', '.join(allowed)}}}"
+        )
+    kwargs = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
+    try:
+        return cls(params, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"optim.optimizer ({target}): {err}") from None
 
 
 class SegModule(pl.LightningModule):
@@ -69,6 +96,7 @@ class SegModule(pl.LightningModule):
         self._val_dice: list[torch.Tensor] = []
         self.val_history: list[dict[str, Any]] = []
         self.last_val_example: dict[str, torch.Tensor] | None = None
+        self.last_val_decision: Decision | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self._memory_format is not None:
@@ -89,46 +117,63 @@ class SegModule(pl.LightningModule):
         return loss
 
     # ---------------------------------------------------------------- validation
+    @property
+    def inference_settings(self) -> InferenceSettings:
+        """How validation infers: the settings ``segkit predict`` takes as ``mode``/``overlap``."""
+        return InferenceSettings(
+            mode=self.hparams.val_mode, overlap=float(self.hparams.val_overlap)
+        )
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, label = batch["image"], batch["label"]
         if self._memory_format is not None:
             image = image.contiguous(memory_format=self._memory_format)
-        logits = self.predict_volume(image)
+        logits, decision = self.predict_volume(image)
+        self.last_val_decision = decision
         loss = self.loss_fn.loss(logits, label)
         self.log("val/loss", loss, on_epoch=True, batch_size=1, sync_dist=True)
         pred = logits.argmax(1)
-        k = self.spec.out_channels
-        # per case, per foreground class; NaN where the class is absent from both
-        dice = dice_score(
-            pred,
-            label[:, 0].long(),
-            num_classes=k,
-            include_background=False,
-            average="none",
-            input_format="index",
+        cases = batch.get("case", [None] * pred.shape[0])
+        dice = torch.stack(
+            [self.score_case(cases[i], pred[i], label[i, 0]) for i in range(pred.shape[0])]
         )
-        absent = ~torch.stack(
-            [((pred == c) | (label[:, 0] == c)).flatten(1).any(1) for c in range(1, k)], dim=1
-        )
-        dice = torch.where(absent, torch.full_like(dice, float("nan")), dice.float())
-        self._val_dice.append(dice)
+        self._val_dice.append(dice.to(self.device))
         if batch_idx == 0:
             self.last_val_example = {
                 "image": image[0].detach().float().cpu(),
                 "label": label[0, 0].detach().cpu(),
                 "pred": pred[0].detach().cpu(),
-                "case": str(batch.get("case", ["case"])[0]),
+                "case": str(cases[0] or "case"),
             }
 
-    def predict_volume(self, image: torch.Tensor) -> torch.Tensor:
-        """Logits for whole volumes (N, C, *S); a 2D network goes slice by slice."""
-        return predict_volume(
+    def score_case(
+        self, case_id: str | None, pred: torch.Tensor, label: torch.Tensor
+    ) -> torch.Tensor:
+        """Dice on the case's original voxel grid, as ``segkit evaluate`` scores predictions.
+
+        Where preprocessing resampled the case, the prediction is mapped back (the same
+        inversion ``segkit predict`` writes) and compared with the original label file;
+        otherwise the preprocessed grid holds the same voxels and is used directly.
+        """
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        k = self.spec.out_channels
+        original = None
+        if case_id is not None and hasattr(dm, "original_grid"):
+            original = dm.original_grid(case_id)
+        if original is None:
+            return case_dice(pred, label, k)
+        preprocessor, props, reference = original
+        back = preprocessor.invert(pred.cpu().numpy().astype("int16"), props)
+        return case_dice(torch.from_numpy(back), torch.from_numpy(reference), k)
+
+    def predict_volume(self, image: torch.Tensor) -> tuple[torch.Tensor, Decision]:
+        """Logits of whole volumes (N, C, *S) through segkit's one inference path."""
+        return infer(
             self.net,
             image,
-            window=self.hparams.patch_size,
+            patch_size=self.hparams.patch_size,
+            settings=self.inference_settings,
             slice_axis=self.hparams.slice_axis,
-            mode=self.hparams.val_mode,
-            overlap=self.hparams.val_overlap,
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -138,19 +183,20 @@ class SegModule(pl.LightningModule):
         self._val_dice.clear()
         gathered = self.all_gather(local)
         per_case = gathered.reshape(-1, local.shape[-1]) if self.trainer.world_size > 1 else local
-        per_class = torch.nanmean(per_case, dim=0)
-        per_class = torch.nan_to_num(per_class, nan=0.0)
-        mean = per_class.mean()
+        per_class, mean = mean_dice(per_case.cpu())
+        mean = 0.0 if math.isnan(mean) else mean
         # every rank holds the gathered values, so syncing only averages identical numbers
-        self.log("val/dice_mean", mean, prog_bar=True, sync_dist=True)
+        self.log("val/dice_mean", torch.tensor(mean), prog_bar=True, sync_dist=True)
         record = {
             "epoch": int(self.current_epoch),
             "step": int(self.global_step),
             "dice_mean": float(mean),
             "dice": {},
+            "inference": self.inference_settings.describe(),
         }
         for c, v in enumerate(per_class.tolist(), start=1):
             name = self.label_names.get(c, f"class{c}")
+            v = 0.0 if math.isnan(v) else v
             self.log(f"val/dice_{name}", v, sync_dist=True)
             record["dice"][name] = v
         if not self.trainer.sanity_checking:
@@ -164,10 +210,8 @@ class SegModule(pl.LightningModule):
 
     # ------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        from hydra.utils import instantiate
-
         optim = self.hparams.optim
-        optimizer = instantiate(optim["optimizer"])(params=self.parameters())
+        optimizer = build_optimizer(optim["optimizer"], self.parameters())
         sched = dict(optim.get("scheduler") or {})
         name = sched.pop("name", "none")
         total = max(1, int(self.trainer.estimated_stepping_batches))

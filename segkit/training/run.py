@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import math
 import os
@@ -15,18 +15,13 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.config import model_config
+from segkit.config import check_data_choice, composition, model_config
+from segkit.data.io import save_json_atomic
 from segkit.errors import ConfigError, SegkitError
 from segkit.plan import Plan, plan_unet
 from segkit.spec import UNetSpec
 
 log = logging.getLogger("segkit")
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -46,7 +41,9 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     from hydra.utils import instantiate
 
     from segkit.data import SegDataModule
+    from segkit.training.module import build_optimizer
 
+    check_data_choice(cfg)
     dm = instantiate(cfg.data)
     if not isinstance(dm, SegDataModule):
         raise ConfigError(f"data: expected a segkit.data.SegDataModule, got {type(dm).__name__}")
@@ -56,25 +53,37 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     )
     patch = [int(v) for v in cfg.data.patch_size]
     title = (
-        f"{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} blocks, "
-        f"{spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}"
+        f"{composition(cfg)}\n{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} "
+        f"blocks, {spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}"
     )
     plan = plan_unet(spec, patch, title=title)
+    # an optimizer the config cannot build fails here, not after preprocessing
+    build_optimizer(
+        OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
+        [torch.nn.Parameter(torch.zeros(1))],
+    )
     return dm, spec, plan, info
 
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint to resume from, checked to hold only tensors and plain values."""
+    from segkit.inference.checkpoint import read_checkpoint
+
+    path = None
     if cfg.get("ckpt_path"):
         path = Path(cfg.ckpt_path)
         if not path.is_file():
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-        return str(path)
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if cfg.get("resume") and last.is_file():
-        return str(last)
-    if cfg.get("resume"):
-        log.warning("resume=true but %s does not exist: starting from scratch", last)
-    return None
+    elif cfg.get("resume"):
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            log.warning("resume=true but %s does not exist: starting from scratch", last)
+            return None
+        path = last
+    if path is None:
+        return None
+    read_checkpoint(path)  # weights_only: refuses pickled objects before Lightning opens it
+    return str(path)
 
 
 def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
@@ -109,6 +118,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         channels_last=bool(cfg.get("channels_last", False)),
         slice_axis=int(getattr(dm, "slice_axis", 2)),
     )
+    init_from = (cfg.get("init") or {}).get("from_checkpoint")
+    if init_from and ckpt_path is None:
+        from segkit.nn.init import init_from_checkpoint
+
+        log.info(
+            "init.from_checkpoint=%s: %s", init_from, init_from_checkpoint(module.net, init_from)
+        )
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
@@ -116,7 +132,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    calibration = _calibrate_checkpoints(cfg, trainer, module, dm)
 
     history = module.val_history
     best = max(history, key=lambda h: h["dice_mean"]) if history else None
@@ -143,11 +160,77 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     }
     best_ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
     metrics["best_checkpoint"] = best_ckpt or None
+    metrics["validation_inference"] = module.inference_settings.describe()
+    metrics["inference"] = calibration
     if trainer.is_global_zero:
-        _write_json(out_dir / "metrics.json", metrics)
+        save_json_atomic(out_dir / "metrics.json", metrics)
     value = _optimized_value(cfg.get("optimized_metric"), metrics, trainer)
-    log.info("mean foreground Dice: best %s, final %s", value, metrics["dice_mean_final"])
+    log.info(
+        "mean foreground Dice (validation, %s): best %s, final %s",
+        metrics["validation_inference"],
+        value,
+        metrics["dice_mean_final"],
+    )
     return value, metrics
+
+
+def _validation_cases(trainer: Any, dm: Any):
+    """``(case id, image, label)`` of the validation fold, as many as validation used."""
+    limit = None
+    with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError, OverflowError):
+        limit = int(trainer.num_val_batches[0])
+    for n, batch in enumerate(dm.val_dataloader()):
+        if limit is not None and n >= limit:
+            return
+        yield str(batch["case"][0]), batch["image"], batch["label"][0, 0]
+
+
+def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) -> dict | None:
+    """Measure sliding-window settings on the validation fold for best.ckpt and last.ckpt,
+    and store the cheapest one within tolerance of the best in each checkpoint."""
+    from segkit.data.io import atomic_path
+    from segkit.inference.calibrate import calibrate
+    from segkit.inference.checkpoint import CALIBRATION_KEY, read_checkpoint
+    from segkit.nn import UNet
+
+    opts = cfg.get("calibrate_inference") or {}
+    if not opts.get("enabled", True) or trainer.fast_dev_run or not trainer.is_global_zero:
+        return None
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    paths = [p for p in (folder / "best.ckpt", folder / "last.ckpt") if p.is_file()]
+    if not paths or not dm.val_ids:
+        return None
+    device = module.device
+    result: dict | None = None
+    for path in paths:
+        ckpt = read_checkpoint(path)
+        net = UNet(module.spec).to(device)
+        net.load_state_dict(
+            {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        )
+        net.eval()
+        cases = (
+            (case, image.to(device), label.to(device))
+            for case, image, label in _validation_cases(trainer, dm)
+        )
+        found = calibrate(
+            net,
+            cases,
+            module.score_case,
+            patch_size=module.hparams.patch_size,
+            slice_axis=module.hparams.slice_axis,
+            overlaps=list(opts.get("overlaps", (0.0, 0.25, 0.5))),
+            window_scales=list(opts.get("window_scales", (1.0, 1.5))),
+            tolerance=float(opts.get("tolerance", 0.005)),
+        )
+        ckpt[CALIBRATION_KEY] = found.to_dict()
+        with atomic_path(path, suffix=".ckpt") as tmp:
+            torch.save(ckpt, tmp)
+        print(f"\ninference settings measured on the validation fold ({path.name}):")
+        print(found.table(), flush=True)
+        if path.name == "best.ckpt" or result is None:
+            result = {**found.to_dict(), "checkpoint": path.name}
+    return result
 
 
 def _optimized_value(name: str | None, metrics: dict[str, Any], trainer: Any) -> float | None:
@@ -192,7 +275,7 @@ def main(cfg: DictConfig) -> float | None:
         if _is_multirun():
             out_dir = Path(cfg.paths.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
+            save_json_atomic(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
             log.error("skipped: %s", exc)
             return None
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,10 @@ import torch
 
 from segkit.errors import ConfigError
 from segkit.inference.engine import (
-    choose_mode,
+    InferenceSettings,
+    decide,
+    extent_dependence,
+    infer,
     predict_logits,
     sliding_window,
     whole_volume,
@@ -74,12 +77,65 @@ def test_tta_and_sw_batch_size_do_not_change_shape_or_result():
     assert t.shape == (1, 2, 19, 17, 13)
 
 
-def test_choose_mode():
-    net = UNet(spatial_dims=3, in_channels=1, out_channels=2, depth=2, channels=4)
-    assert choose_mode(net, (20, 20, 20), (24, 24, 24)) == "whole"
-    assert choose_mode(net, (200, 200, 200), (24, 24, 24), memory_budget=1) == "sliding"
-    assert choose_mode(net, (200, 200, 200), (24, 24, 24), memory_budget=2**40) == "whole"
+def _net(norm: str, **kw) -> UNet:
+    return UNet(spatial_dims=3, in_channels=1, out_channels=2, depth=2, channels=4, norm=norm, **kw)
+
+
+def test_auto_never_runs_an_instance_norm_net_whole_on_a_volume_larger_than_the_patch():
+    patch = (24, 24, 24)
+    for norm in ("instance", "group"):
+        net = _net(norm).eval()
+        d = decide(net, (40, 24, 24), patch, memory_budget=2**40)
+        assert d.mode == "sliding", norm
+        assert f"{norm} norm" in d.reason and "larger than the patch" in d.reason
+        assert d.window == patch and d.windows == 3  # 40 voxels, window 24, overlap 0.5
+    # no larger than the patch on every axis: one window is the whole volume
+    d = decide(_net("instance").eval(), (20, 24, 11), patch)
+    assert (d.mode, d.windows, d.window) == ("whole", 1, (20, 24, 11))
+    assert d.reason == "the volume fits in one training patch"
+
+
+def test_auto_may_run_a_batch_norm_net_whole_only_in_eval_mode():
+    patch = (24, 24, 24)
+    net = _net("batch")
+    assert extent_dependence(net.eval()) is None
+    assert decide(net, (200, 200, 200), patch, memory_budget=2**40).mode == "whole"
+    assert decide(net, (200, 200, 200), patch, memory_budget=1).mode == "sliding"
+    assert extent_dependence(net.train()) is not None  # batch statistics of the input
+    assert decide(net, (200, 200, 200), patch, memory_budget=2**40).mode == "sliding"
+    assert decide(_net("none").eval(), (99, 99, 99), patch, memory_budget=2**40).mode == "whole"
+
+
+def test_explicit_mode_and_window_scale_win():
+    net = _net("instance").eval()
+    whole = decide(net, (40, 30, 30), (24, 24, 24), InferenceSettings(mode="whole"))
+    assert (whole.mode, whole.reason) == ("whole", "mode=whole")
+    wide = decide(net, (40, 30, 30), (16, 16, 16), InferenceSettings(window_scale=1.5))
+    assert wide.window == (24, 24, 24) and wide.mode == "sliding"
+    clipped = decide(net, (40, 20, 30), (16, 16, 16), InferenceSettings(window_scale=2.0))
+    assert clipped.window == (32, 20, 30)
     with pytest.raises(ConfigError, match="allowed: auto, whole, sliding"):
-        choose_mode(net, (20, 20, 20), (24, 24, 24), mode="tiles")
+        InferenceSettings(mode="tiles")
+    with pytest.raises(ConfigError, match="window_scale"):
+        InferenceSettings(window_scale=0.5)
     with pytest.raises(ConfigError, match="overlap"):
         sliding_window(net, torch.zeros(1, 1, 9, 9, 9), (4, 4, 4), overlap=1.0)
+
+
+@pytest.mark.parametrize("mode", ["whole", "sliding"])
+def test_tta_of_a_pointwise_network_equals_no_tta(mode):
+    # A 1×1×1 network commutes with every mirroring, so mirroring TTA must return exactly
+    # the plain prediction: this checks that each flip is undone on the right axes.
+    torch.manual_seed(0)
+    net = UNet(
+        spatial_dims=3, in_channels=2, out_channels=3, depth=1, kernel_size=1, norm="none"
+    ).eval()
+    x = torch.randn(1, 2, 13, 10, 7)
+    plain, _ = infer(net, x, patch_size=(6, 5, 4), settings=InferenceSettings(mode=mode))
+    tta, _ = infer(net, x, patch_size=(6, 5, 4), settings=InferenceSettings(mode=mode, tta=True))
+    torch.testing.assert_close(tta, plain, atol=1e-5, rtol=1e-5)
+    # a network that is not mirror-symmetric gives another answer with TTA (the test can fail)
+    conv = UNet(spatial_dims=3, in_channels=2, out_channels=3, depth=1, kernel_size=3).eval()
+    a, _ = infer(conv, x, patch_size=(6, 5, 4), settings=InferenceSettings(mode=mode))
+    b, _ = infer(conv, x, patch_size=(6, 5, 4), settings=InferenceSettings(mode=mode, tta=True))
+    assert (a - b).abs().max() > 1e-3
