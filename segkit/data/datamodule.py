@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from segkit.data.augment import BatchAugment
 from segkit.data.cache import PreprocessedDataset, preprocess_dataset
 from segkit.data.demo import make_demo
-from segkit.data.io import save_json_atomic
+from segkit.data.io import read_nifti, save_json_atomic
 from segkit.data.layouts import DatasetInfo, read_dataset_info
 from segkit.data.preprocess import Preprocessor
 from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset, _check_patch_size
@@ -228,6 +228,29 @@ class SegDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def original_grid(self, case_id: str) -> tuple[Preprocessor, dict[str, Any], np.ndarray] | None:
+        """What scoring a validation case on its original voxel grid needs, when that differs.
+
+        Returns ``(preprocessor, props, original label)`` for a case whose preprocessing
+        resampled it, so a prediction can be mapped back exactly as ``segkit predict``
+        writes it and scored as ``segkit evaluate`` does; None where the preprocessed grid
+        holds the original voxels (only reoriented and cropped), which scores the same.
+        """
+        from segkit.data.cache import load_props
+        from segkit.data.preprocess import _squeeze_trailing, validate_labels
+
+        props = load_props(self._prepared.cases_dir, case_id)
+        if list(props["resampled_shape"]) == list(props["shape_after_crop"]):
+            return None
+        label_path = Path(props["label_path"])
+        volume = read_nifti(label_path, kind="label")
+        label = validate_labels(
+            _squeeze_trailing(volume.data, 3),
+            num_classes=self.preprocessor.num_classes,
+            path=label_path,
+        )
+        return self.preprocessor, props, label
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Applies `BatchAugment` on the device, during training only."""
