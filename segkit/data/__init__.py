@@ -1,30 +1,45 @@
-"""Data pipeline: NIfTI datasets, cached preprocessing, patches, augmentation."""
+"""Data pipeline: NIfTI datasets, cached preprocessing, patches, augmentation.
 
-from segkit.data.augment import BatchAugment
-from segkit.data.cache import PreprocessedDataset, preprocess_dataset
-from segkit.data.datamodule import SegDataModule
-from segkit.data.demo import make_demo
-from segkit.data.io import read_nifti, write_nifti
-from segkit.data.layouts import CaseFiles, Dataset, DatasetInfo, read_dataset, read_dataset_info
-from segkit.data.preprocess import IntensityStats, Preprocessor
-from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset
+The names below are imported on first use (PEP 562), so ``segkit.data.io`` (atomic
+writes, NIfTI reading) stays cheap for callers that never train, e.g. ``segkit
+sweep-report``; the DataModule pulls in torch and Lightning only when asked for.
+"""
 
-__all__ = [
-    "BatchAugment",
-    "CaseDataset",
-    "CaseFiles",
-    "Dataset",
-    "DatasetInfo",
-    "EpochSampler",
-    "IntensityStats",
-    "PatchDataset",
-    "PreprocessedDataset",
-    "Preprocessor",
-    "SegDataModule",
-    "make_demo",
-    "preprocess_dataset",
-    "read_dataset",
-    "read_dataset_info",
-    "read_nifti",
-    "write_nifti",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchAugment": "segkit.data.augment",
+    "CaseDataset": "segkit.data.sampling",
+    "CaseFiles": "segkit.data.layouts",
+    "Dataset": "segkit.data.layouts",
+    "DatasetInfo": "segkit.data.layouts",
+    "EpochSampler": "segkit.data.sampling",
+    "IntensityStats": "segkit.data.preprocess",
+    "PatchDataset": "segkit.data.sampling",
+    "PreprocessedDataset": "segkit.data.cache",
+    "Preprocessor": "segkit.data.preprocess",
+    "SegDataModule": "segkit.data.datamodule",
+    "make_demo": "segkit.data.demo",
+    "preprocess_dataset": "segkit.data.cache",
+    "read_dataset": "segkit.data.layouts",
+    "read_dataset_info": "segkit.data.layouts",
+    "read_nifti": "segkit.data.io",
+    "write_nifti": "segkit.data.io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'segkit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -14,7 +14,11 @@ Cache layout (one directory per dataset + settings)::
 
 Every file is written to a temporary sibling and renamed; a case whose JSON is
 missing is (re)done on the next run, so a crash never leaves a corrupt array
-that is later read.
+that is later read. One process at a time fills a cache directory: it holds an
+exclusive lock on ``<settings hash>/.lock`` (``flock``, released by the kernel
+if the process dies), so temporaries found by the holder are leftovers of a dead
+process, never another live process's files; a second process waits, then finds
+the cases done and only reads them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 from nibabel.orientations import io_orientation
 from tqdm.auto import tqdm
 
-from segkit.data.io import save_json_atomic, save_npy_atomic
+from segkit.data.io import file_lock, header_spacing, save_json_atomic, save_npy_atomic
 from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
 from segkit.data.preprocess import IntensityStats, Preprocessor, load_case
 from segkit.errors import ConfigError, DataError
@@ -104,8 +108,8 @@ def _canonical_spacing(case: CaseFiles) -> list[float]:
         raise DataError(
             f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
         ) from err
-    # Same rounding as read_nifti, so both give identical spacings.
-    zooms = [round(float(z), 6) for z in img.header.get_zooms()[:3]]
+    # Same checks and rounding as read_nifti, so both give identical spacings.
+    zooms = list(header_spacing(img, path))
     if len(zooms) < 3:
         raise DataError(
             f"{path}: is {len(zooms)}D; expected a 3D volume. Fix: store it as a 3D volume "
@@ -224,8 +228,28 @@ def _process_case(pre: dict[str, Any], case: CaseFiles, out_dir: Path, seed: int
 
 
 def _remove_leftovers(folder: Path) -> None:
+    # Only called under the cache lock: any temporary here belongs to a dead process.
     for tmp in folder.glob(".*.tmp-*"):
         tmp.unlink(missing_ok=True)
+
+
+def _check_intensity_stats(
+    fingerprint: dict[str, Any], schemes: Sequence[str], dataset: Dataset
+) -> None:
+    """Refuses ``ct`` statistics without spread (no foreground anywhere, or constant)."""
+    stats = fingerprint.get("intensity_stats") or [None] * len(schemes)
+    for ch, (scheme, s) in enumerate(zip(schemes, stats)):
+        if scheme != "ct" or s is None or (s["upper"] > s["lower"] and s["std"] > 0):
+            continue
+        name = dataset.info.channel_names[ch]
+        raise DataError(
+            f"{dataset.root / 'dataset.json'}: channel {ch} ({name!r}) uses 'ct' normalisation, "
+            f"but its foreground intensities over the {len(dataset.training)} training cases "
+            f"have no spread (0.5/99.5 % percentiles {s['lower']:g}/{s['upper']:g}, std "
+            f"{s['std']:g}): no training label has a foreground voxel, or the image is "
+            "constant under them, so every image would become a constant. Fix: check that "
+            "labelsTr/ holds the real segmentations, or set data.normalization=zscore."
+        )
 
 
 def default_cache_base(root: Path) -> Path:
@@ -270,11 +294,38 @@ def preprocess_dataset(
     base = Path(cache_dir) if cache_dir is not None else default_cache_base(root)
     files = [f for case in dataset.training for f in (*case.images, case.label) if f]
     out = base / settings_hash(settings, root, files)
+    waiting = f"{out}: another process is preprocessing this dataset; waiting for it to finish"
+    with file_lock(out / ".lock", waiting=waiting):
+        return _fill_cache(
+            dataset,
+            out,
+            settings,
+            target_spacing=target_spacing,
+            normalization=normalization,
+            image_order=image_order,
+            crop_nonzero=crop_nonzero,
+            num_workers=num_workers,
+            progress=progress,
+        )
+
+
+def _fill_cache(
+    dataset: Dataset,
+    out: Path,
+    settings: dict[str, Any],
+    *,
+    target_spacing: Sequence[float] | None,
+    normalization: str | Sequence[str],
+    image_order: int,
+    crop_nonzero: bool,
+    num_workers: int,
+    progress: bool,
+) -> PreprocessedDataset:
+    """Completes the cache directory `out`; the caller holds its lock."""
     cases_dir = out / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(out)
     _remove_leftovers(cases_dir)
-    save_json_atomic(out / "settings.json", {**settings, "root": str(root.resolve())})
 
     pre_path = out / "preprocessor.json"
     if pre_path.is_file():
@@ -285,6 +336,7 @@ def preprocess_dataset(
         fp_path = out / "fingerprint.json"
         if fp_path.is_file():
             fingerprint = json.loads(fp_path.read_text())
+            _check_intensity_stats(fingerprint, schemes, dataset)
         else:
             fingerprint = compute_fingerprint(
                 dataset,
@@ -292,6 +344,7 @@ def preprocess_dataset(
                 num_workers=num_workers,
                 progress=progress,
             )
+            _check_intensity_stats(fingerprint, schemes, dataset)
             save_json_atomic(fp_path, fingerprint)
         stats = fingerprint["intensity_stats"] or [None] * info.num_channels
         preprocessor = Preprocessor(
@@ -309,6 +362,8 @@ def preprocess_dataset(
             image_order=image_order,
         )
         save_json_atomic(pre_path, preprocessor.to_dict())
+    # after the checks above, so a refused dataset leaves no JSON behind
+    save_json_atomic(out / "settings.json", {**settings, "root": str(dataset.root.resolve())})
 
     todo = [c for c in dataset.training if not (cases_dir / f"{c.case_id}.json").is_file()]
     pre_dict = preprocessor.to_dict()

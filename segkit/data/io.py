@@ -9,6 +9,7 @@ final name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 import zlib
@@ -20,10 +21,13 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.openers import ImageOpener
 
 from segkit.errors import DataError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_SPACING_RTOL = 1e-3  # header float32 noise is ~1e-7; a real disagreement is far larger
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class NiftiVolume:
     Attributes:
         data: The voxel array, float32 for images, as stored for labels.
         affine: The 4x4 voxel-to-world matrix.
-        spacing: Voxel sizes from the header, in the file's axis order.
+        spacing: Voxel sizes of the spatial axes (mm) from the header, in the file's
+            axis order; checked positive and consistent with the affine.
         path: Where it was read from.
     """
 
@@ -49,6 +54,57 @@ def strip_nifti_suffix(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def header_spacing(img: nib.Nifti1Image, path: Path) -> tuple[float, ...]:
+    """Voxel sizes of the spatial axes (mm) from the header, checked against the affine.
+
+    nibabel silently replaces a zero pixdim by 1 and a negative one by its absolute
+    value when it loads a header, so the stored values are read unmodified here.
+
+    Args:
+        img: The loaded image (header only is used).
+        path: Its file, for messages and for the unmodified header.
+
+    Returns:
+        Spacing of the first ``min(3, ndim)`` axes, rounded to 6 digits (header zooms
+        are float32: 0.800000011920929 becomes 0.8).
+
+    Raises:
+        DataError: A zero, negative or non-finite spacing; a singular or non-finite
+            affine; or spacing that disagrees with the affine's voxel sizes.
+    """
+    n = min(3, len(img.shape))
+    try:
+        with ImageOpener(str(path)) as fh:
+            stored = type(img.header).from_fileobj(fh, check=False).get_zooms()[:n]
+    except Exception:  # noqa: BLE001 - not a plain NIfTI header: use nibabel's values
+        stored = img.header.get_zooms()[:n]
+    stored = tuple(float(z) for z in stored)
+    bad = [i for i, z in enumerate(stored) if not np.isfinite(z) or z <= 0]
+    if bad:
+        raise DataError(
+            f"{path}: header spacing (pixdim) is {list(stored)} mm; axis {bad[0]} is "
+            f"{stored[bad[0]]}, but a voxel size must be a positive number. Fix: write the "
+            "true voxel sizes into the header (e.g. nibabel's header.set_zooms) or re-export "
+            "the file from its source."
+        )
+    linear = np.asarray(img.affine, dtype=np.float64)[:3, :n]
+    sizes = np.sqrt((linear**2).sum(axis=0)) if np.isfinite(linear).all() else None
+    if sizes is None or n == 3 and abs(np.linalg.det(linear)) < 1e-12:
+        raise DataError(
+            f"{path}: the affine (sform/qform) is singular or not finite:\n{img.affine}\n"
+            "Fix: write a valid voxel-to-world matrix into the header."
+        )
+    if not np.allclose(sizes, stored, rtol=_SPACING_RTOL, atol=1e-6):
+        raise DataError(
+            f"{path}: header spacing (pixdim) {[round(z, 6) for z in stored]} mm disagrees "
+            f"with the voxel sizes of its affine {[round(float(s), 6) for s in sizes]} mm "
+            "(lengths of the affine's columns). segkit would resample with one and write with "
+            "the other. Fix: make them agree, e.g. nib.save(nib.Nifti1Image(img.dataobj, "
+            "img.affine), path) rewrites pixdim from the affine if the affine is right."
+        )
+    return tuple(round(z, 6) for z in stored)
 
 
 def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
@@ -73,10 +129,13 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
         )
     try:
         img = nib.load(str(path))
+        spacing = header_spacing(img, path)
         if kind == "image":
             data = np.asarray(img.dataobj, dtype=np.float32)
         else:
             data = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
     except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as err:
         raise DataError(
             f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}). The file is "
@@ -88,10 +147,8 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
             f"{path}: {bad} voxel(s) are NaN or infinite. Fix: replace them in the source "
             "file (e.g. with 0 or the minimum intensity) before training."
         )
-    # Header zooms are float32; rounding turns 0.800000011920929 back into 0.8.
-    zooms = tuple(round(float(z), 6) for z in img.header.get_zooms())
     return NiftiVolume(
-        data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=zooms, path=path
+        data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=spacing, path=path
     )
 
 
@@ -119,6 +176,45 @@ def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+@contextmanager
+def file_lock(path: Path, *, waiting: str = "") -> Iterator[None]:
+    """Holds an exclusive advisory lock (``flock``) on `path` for the block.
+
+    The kernel releases the lock when its holder dies, so a killed process never
+    blocks the next one. Where ``fcntl`` does not exist (Windows) this does nothing.
+
+    Args:
+        path: The lock file (created if missing; never deleted: deleting it would
+            let two processes lock two different files of the same name).
+        waiting: Logged once as a warning if another process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s", waiting or f"waiting for another process to release {path}")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> None:

@@ -12,13 +12,13 @@ import csv
 import io
 import json
 import math
-import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segkit.data.io import atomic_path, write_text_atomic
 from segkit.errors import ConfigError
 
 METRIC = "dice_mean_best"
@@ -198,15 +198,6 @@ def _rows(
     return header, rows
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _csv_text(jobs: Sequence[JobResult], metric: str) -> str:
     header, rows = _rows(jobs, metric, raw=True)
     buf = io.StringIO()
@@ -299,7 +290,8 @@ def plot(jobs: Sequence[JobResult], path: Path, *, metric: str = METRIC) -> None
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
 
 
@@ -317,7 +309,7 @@ def write_report(multirun_dir: str | Path, *, metric: str = METRIC) -> dict[str,
     paths = {"csv": root / "summary.csv", "md": root / "summary.md", "png": root / "summary.png"}
     csv_text = _csv_text(jobs, metric)
     md_text = markdown(jobs, metric=metric, title=str(root))
-    _atomic_write(paths["csv"], lambda tmp: tmp.write_text(csv_text))
-    _atomic_write(paths["md"], lambda tmp: tmp.write_text(md_text))
+    write_text_atomic(paths["csv"], csv_text)
+    write_text_atomic(paths["md"], md_text)
     plot(jobs, paths["png"], metric=metric)
     return paths

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,3 +160,17 @@ def demo_root(tmp_path_factory) -> Path:
     from segkit.data import make_demo
 
     return make_demo(tmp_path_factory.mktemp("demo") / "demo", num_cases=5, seed=0)
+
+
+def set_pixdim(path: Path, axis: int, value: float) -> Path:
+    """Overwrites the stored voxel size of one axis in a NIfTI-1 header, bytes as written.
+
+    nibabel rewrites pixdim from the affine when it saves, so a header whose spacing
+    is zero, negative, NaN or disagrees with the affine has to be made by hand.
+    """
+    raw = bytearray(
+        gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    )
+    struct.pack_into("<f", raw, 76 + 4 * (axis + 1), value)  # pixdim[0] is qfac
+    path.write_bytes(gzip.compress(bytes(raw)) if path.suffix == ".gz" else bytes(raw))
+    return path

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import gzip
 
+import nibabel as nib
 import numpy as np
 import pytest
-from conftest import save
+from conftest import save, set_pixdim
 
 from segkit import DataError
 from segkit.data import preprocess_dataset
@@ -107,3 +108,35 @@ def test_not_gzip_at_all(make_msd):
     (root / "imagesTr" / "case_00.nii.gz").write_bytes(gzip.compress(b"not a nifti file"))
     with pytest.raises(DataError, match="case_00.nii.gz"):
         _run(root)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0.0, r"\[1.0, 1.0, 0.0\] mm; axis 2 is 0.0, but a voxel size must be a positive"),
+        (-2.5, r"axis 2 is -2.5, but a voxel size must be a positive number"),
+        (float("nan"), r"axis 2 is nan, but a voxel size must be a positive number"),
+        (5.0, r"pixdim\) \[1.0, 1.0, 5.0\] mm disagrees with the voxel sizes of its affine "
+         r"\[1.0, 1.0, 2.5\]"),
+    ],
+    ids=["zero", "negative", "nan", "disagrees_with_affine"],
+)  # fmt: skip
+def test_bad_header_spacing(make_msd, value, message):
+    # nibabel would load a zero pixdim as 1 and a negative one as its absolute value
+    root = make_msd()
+    set_pixdim(root / "imagesTr" / "case_01.nii.gz", 2, value)
+    with pytest.raises(DataError, match=rf"(?s)case_01.nii.gz: header spacing.*{message}.*Fix"):
+        _run(root)
+    assert not list((root / "segkit_cache").rglob("*.json"))  # nothing half-written
+
+
+def test_ct_normalisation_without_any_foreground(make_nnunet):
+    root = make_nnunet(channels=2)
+    for label in (root / "labelsTr").iterdir():
+        img = nib.load(str(label))
+        save(label, np.zeros(img.shape, np.uint8), img.affine)
+    with pytest.raises(
+        DataError, match=r"channel 0 \('CT'\) uses 'ct' normalisation.*no spread.*zscore"
+    ):
+        _run(root)
+    assert not list((root / "segkit_cache").rglob("*.json"))

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from conftest import LPS_PERMUTED, oblique_affine
 
-import segkit.data.cache as cache_mod
 from segkit.data import Preprocessor, preprocess_dataset, read_dataset, write_nifti
 
 
@@ -131,37 +130,6 @@ def test_parallel_equals_serial_and_cache_reused(make_msd, tmp_path):
     )
     assert other.cache_dir != serial.cache_dir
     assert serial.cache_dir.parent == tmp_path / "a"
-
-
-def test_crash_mid_case_leaves_no_readable_half_case(make_msd, monkeypatch):
-    root = make_msd()
-    real_save = cache_mod.save_npy_atomic
-
-    def crashing_save(path, array):
-        if path.name == "case_01_label.npy":
-            # Simulate a kill while writing: a partial temp file, then death.
-            (path.parent / f".{path.name}.tmp-999-dead").write_bytes(b"\x93NUMPY partial")
-            raise KeyboardInterrupt
-        real_save(path, array)
-
-    monkeypatch.setattr(cache_mod, "save_npy_atomic", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        preprocess_dataset(root, num_workers=0, progress=False)
-    cases = root / "segkit_cache"
-    cases = next(cases.iterdir()) / "cases"
-    assert (cases / "case_00.json").is_file()
-    assert not (cases / "case_01.json").is_file()  # not marked done
-    assert not (cases / "case_01_label.npy").exists()  # never a half-written final name
-    stamp = (cases / "case_00_image.npy").stat().st_mtime_ns
-
-    monkeypatch.setattr(cache_mod, "save_npy_atomic", real_save)
-    prep = preprocess_dataset(root, num_workers=0, progress=False)
-    assert (cases / "case_01.json").is_file()
-    assert not list(cases.glob(".*.tmp-*"))  # leftovers removed
-    assert (cases / "case_00_image.npy").stat().st_mtime_ns == stamp  # done case kept
-    label = np.load(cases / "case_01_label.npy")
-    assert label.shape == tuple(json.loads((cases / "case_01.json").read_text())["resampled_shape"])
-    assert prep.case_ids == ("case_00", "case_01", "case_02")
 
 
 def test_unmarked_case_with_corrupt_array_is_redone(make_msd):
