@@ -7,6 +7,7 @@ detected from its keys (`modality` → Decathlon, `channel_names` → nnU-Net v2
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,27 @@ def dataset_json_path(root: Path) -> Path:
     return path
 
 
+def _no_duplicate_keys(path: Path) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DataError(
+                    f"{path}: key {key!r} appears twice in one object ({seen[key]!r} and "
+                    f"{value!r}); JSON would silently keep only the last. Fix: keep one."
+                )
+            seen[key] = value
+        return seen
+
+    return hook
+
+
 def load_dataset_json(root: Path) -> dict[str, Any]:
-    """Reads and parses `root/dataset.json`."""
+    """Reads and parses `root/dataset.json` (a key given twice in one object is an error)."""
     path = dataset_json_path(root)
     try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        meta = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: invalid JSON ({err}). Fix: repair the file.") from err
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a JSON object at top level.")
@@ -114,9 +130,22 @@ def _index_map(obj: Any, *, key: str, path: Path) -> list[str]:
     if not isinstance(obj, dict) or not obj:
         raise DataError(f'{path}: \'{key}\' must be a non-empty object like {{"0": "CT"}}.')
     try:
-        items = sorted((int(k), str(v)) for k, v in obj.items())
+        items = sorted((int(k), v) for k, v in obj.items())
     except ValueError as err:
         raise DataError(f"{path}: '{key}' keys must be integers as strings: {obj}.") from err
+    bad = [v for _, v in items if not isinstance(v, str)]
+    if bad:
+        raise DataError(
+            f"{path}: '{key}' values must be names (strings), got {bad[0]!r} in {obj}. "
+            'Fix: write e.g. {"0": "CT"}.'
+        )
+    counts = Counter(i for i, _ in items)
+    twice = sorted(i for i, n in counts.items() if n > 1)
+    if twice:
+        raise DataError(
+            f"{path}: '{key}' gives index {twice[0]} more than once "
+            f"({[k for k in obj if int(k) == twice[0]]}). Fix: one entry per index."
+        )
     if [i for i, _ in items] != list(range(len(items))):
         raise DataError(
             f"{path}: '{key}' indices must be 0..{len(items) - 1} without gaps, got "
@@ -130,8 +159,9 @@ def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, 
     if not isinstance(labels, dict) or not labels:
         raise DataError(f"{path}: 'labels' must be a non-empty object. Fix: add it.")
     if layout == MSD:
-        names = _index_map(labels, key="labels", path=path)
-        return dict(enumerate(names))
+        out = dict(enumerate(_index_map(labels, key="labels", path=path)))
+        _refuse_ignore_label(out, path=path)
+        return out
     out: dict[int, str] = {}
     for name, value in labels.items():
         if not isinstance(value, int) or isinstance(value, bool):
@@ -139,13 +169,54 @@ def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, 
                 f"{path}: label '{name}' maps to {value!r}; region-based labels (lists) are "
                 "not supported. Fix: use one integer per class."
             )
+        if value in out:
+            raise DataError(
+                f"{path}: labels '{out[value]}' and '{name}' both have the value {value}; "
+                "they would be one class under two names. Fix: give each class its own value."
+            )
         out[value] = str(name)
+    _refuse_ignore_label(out, path=path)
     if sorted(out) != list(range(len(out))):
         raise DataError(
             f"{path}: label values must be 0..{len(out) - 1} (0 = background), got "
             f"{sorted(out)}. Fix: renumber the labels."
         )
     return dict(sorted(out.items()))
+
+
+def _refuse_ignore_label(labels: dict[int, str], *, path: Path) -> None:
+    # nnU-Net v2's "ignore" marks unannotated voxels; training it as a class would teach
+    # the network to predict "not annotated", so refuse it until the loss can mask it.
+    ignore = [v for v, name in labels.items() if name.strip().lower() == "ignore"]
+    if ignore:
+        raise DataError(
+            f"{path}: label 'ignore' (value {ignore[0]}) marks unannotated voxels (nnU-Net "
+            "v2 sparse annotation); segkit does not support it: its voxels would be trained "
+            "and scored as a real class. Fix: annotate those voxels (or set them to 0) and "
+            "remove 'ignore' from 'labels', or train with nnU-Net."
+        )
+
+
+def _relative_path(value: Any, *, where: str, path: Path) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(
+            f"{path}: {where} must be a file path (a non-empty string), got {value!r}. "
+            'Fix: write e.g. "./imagesTr/case_001.nii.gz".'
+        )
+    return value
+
+
+def _check_unique_ids(cases: list[CaseFiles], *, what: str, path: Path) -> None:
+    first: dict[str, CaseFiles] = {}
+    for case in cases:
+        other = first.get(case.case_id)
+        if other is not None:
+            raise DataError(
+                f"{path}: two {what} cases have the id '{case.case_id}' ({other.images[0]} "
+                f"and {case.images[0]}); their preprocessed files and predictions would "
+                "overwrite each other. Fix: give every case file a distinct name."
+            )
+        first[case.case_id] = case
 
 
 def _resolve(root: Path, rel: str) -> Path:
@@ -160,17 +231,27 @@ def _msd_cases(meta: dict[str, Any], root: Path, *, path: Path) -> tuple[list, l
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
             raise DataError(f"{path}: training[{i}] must have 'image' and 'label', got {entry}.")
-        image = _resolve(root, entry["image"])
+        image = _resolve(
+            root, _relative_path(entry["image"], where=f"training[{i}].image", path=path)
+        )
+        label = _relative_path(entry["label"], where=f"training[{i}].label", path=path)
         training.append(
             CaseFiles(
                 case_id=strip_nifti_suffix(image.name),
                 images=(image,),
-                label=_resolve(root, entry["label"]),
+                label=_resolve(root, label),
             )
         )
+    entries = meta.get("test", []) or []
+    if not isinstance(entries, list):
+        raise DataError(
+            f"{path}: 'test' must be a list of image paths, got {type(entries).__name__}. "
+            'Fix: write e.g. "test": ["./imagesTs/case_100.nii.gz"].'
+        )
     test = []
-    for rel in meta.get("test", []) or []:
-        image = _resolve(root, rel if isinstance(rel, str) else rel.get("image", ""))
+    for i, rel in enumerate(entries):
+        rel = rel.get("image") if isinstance(rel, dict) else rel
+        image = _resolve(root, _relative_path(rel, where=f"test[{i}]", path=path))
         test.append(CaseFiles(case_id=strip_nifti_suffix(image.name), images=(image,), label=None))
     return training, test
 
@@ -179,7 +260,7 @@ def _nnunet_cases(
     meta: dict[str, Any], root: Path, num_channels: int, *, path: Path
 ) -> tuple[list, list]:
     ending = meta.get("file_ending", ".nii.gz")
-    if ending not in NIFTI_SUFFIXES:
+    if not isinstance(ending, str) or ending not in NIFTI_SUFFIXES:
         raise DataError(
             f"{path}: file_ending {ending!r} is not supported; segkit reads "
             f"{NIFTI_SUFFIXES}. Fix: convert the files to NIfTI."
@@ -199,7 +280,12 @@ def _nnunet_cases(
         for p in label_files
     ]
     expected = meta.get("numTraining")
-    if expected is not None and int(expected) != len(training):
+    if expected is not None and (not isinstance(expected, int) or isinstance(expected, bool)):
+        raise DataError(
+            f"{path}: numTraining must be a whole number, got {expected!r}. Fix: write the "
+            f'number of training cases, e.g. "numTraining": {len(training)}.'
+        )
+    if expected is not None and expected != len(training):
         raise DataError(
             f"{path}: numTraining is {expected} but {labels_dir} holds {len(training)} "
             f"'*{ending}' label files. Fix: add the missing labels or correct numTraining."
@@ -242,6 +328,8 @@ def read_dataset(root: Path) -> Dataset:
         training, test = _msd_cases(meta, root, path=path)
     else:
         training, test = _nnunet_cases(meta, root, len(channel_names), path=path)
+    _check_unique_ids(training, what="training", path=path)
+    _check_unique_ids(test, what="test", path=path)
     for case in training:
         for file in (*case.images, case.label):
             if not file.is_file():

@@ -76,3 +76,62 @@ def test_unknown_layout_and_region_labels(make_nnunet):
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "bg"}}))
     with pytest.raises(DataError, match="neither 'modality'"):
         read_dataset(root)
+
+
+def _edit(root, change) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    change(meta)
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def test_duplicate_case_ids(make_msd, tmp_path):
+    root = make_msd()
+    # same file name in another folder: same case id, same cache and prediction names
+    (root / "imagesTr" / "more").mkdir()
+    (root / "imagesTr" / "case_00.nii.gz").rename(root / "imagesTr" / "more" / "case_01.nii.gz")
+    _edit(root, lambda m: m["training"][0].update(image="./imagesTr/more/case_01.nii.gz"))
+    with pytest.raises(DataError, match=r"two training cases have the id 'case_01'.*overwrite"):
+        read_dataset(root)
+
+
+def test_duplicate_label_values(make_nnunet):
+    root = make_nnunet()
+    _edit(root, lambda m: m.update(labels={"background": 0, "liver": 1, "tumour": 1}))
+    with pytest.raises(DataError, match=r"labels 'liver' and 'tumour' both have the value 1"):
+        read_dataset(root)
+
+
+def test_duplicate_json_key(make_msd):
+    root = make_msd()
+    text = (root / "dataset.json").read_text()
+    (root / "dataset.json").write_text(text.replace('"2": "class2"', '"2": "class2", "2": "x"'))
+    with pytest.raises(DataError, match=r"key '2' appears twice in one object \('class2' and 'x'"):
+        read_dataset(root)
+
+
+def test_ignore_label_is_refused(make_nnunet):
+    root = make_nnunet()
+    _edit(root, lambda m: m["labels"].update(ignore=3))
+    with pytest.raises(DataError, match=r"label 'ignore' \(value 3\) marks unannotated.*Fix"):
+        read_dataset(root)
+
+
+@pytest.mark.parametrize(
+    ("layout", "change", "message"),
+    [
+        ("msd", lambda m: m["training"][0].update(image=5), r"training\[0\].image must be a file"),
+        ("msd", lambda m: m["training"][1].update(label=None), r"training\[1\].label must be"),
+        ("msd", lambda m: m.update(test="./imagesTs/x.nii.gz"), r"'test' must be a list of image"),
+        ("msd", lambda m: m.update(test=[7]), r"test\[0\] must be a file path .* got 7"),
+        ("msd", lambda m: m.update(modality={"0": 5}), r"'modality' values must be names"),
+        ("nnunet", lambda m: m.update(numTraining="three"), r"numTraining must be a whole number"),
+        ("nnunet", lambda m: m.update(channel_names={"0": ["CT"]}), r"'channel_names' values must"),
+    ],
+    ids=["image_int", "label_null", "test_string", "test_int", "modality_int",
+         "num_training_str", "channel_list"],
+)  # fmt: skip
+def test_malformed_dataset_json_fields(make_msd, make_nnunet, layout, change, message):
+    root = make_msd() if layout == "msd" else make_nnunet()
+    _edit(root, change)
+    with pytest.raises(DataError, match=rf"dataset.json: {message}"):
+        read_dataset(root)
