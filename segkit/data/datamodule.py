@@ -52,6 +52,74 @@ def make_splits(case_ids: Sequence[str], *, num_folds: int, seed: int = _SPLIT_S
     ]
 
 
+def _split_error(path: Path, problem: str, num_folds: int) -> DataError:
+    return DataError(
+        f"{path}: {problem} Fix: correct the file, or delete it and segkit makes a new "
+        f"{num_folds}-fold split (data.num_folds) there."
+    )
+
+
+def load_or_make_splits(
+    path: Path, case_ids: Sequence[str], *, num_folds: int
+) -> list[dict[str, list[str]]]:
+    """The cross-validation folds of `path`; made and saved when it does not exist.
+
+    A file someone wrote (an edited split, nnU-Net's ``splits_final.json``) is used as it
+    is, never overwritten: it must be a list of ``{"train": [...], "val": [...]}`` naming
+    only training cases, with ``num_folds`` folds. Only segkit's own split for another
+    fold count is replaced (it is reproducible, so nothing chosen by hand is lost).
+
+    Raises:
+        DataError: The file is not valid JSON, has the wrong structure, names unknown
+            cases, puts a case in both train and val, or has another number of folds.
+    """
+    ids = sorted(case_ids)
+    if not path.is_file():
+        splits = make_splits(ids, num_folds=num_folds)
+        save_json_atomic(path, splits)
+        return splits
+    try:
+        splits = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise _split_error(path, f"is not valid JSON ({err}).", num_folds) from err
+    if not isinstance(splits, list) or not all(
+        isinstance(f, dict)
+        and isinstance(f.get("train"), list)
+        and isinstance(f.get("val"), list)
+        and all(isinstance(c, str) for c in (*f["train"], *f["val"]))
+        for f in splits
+    ):
+        raise _split_error(
+            path,
+            'must be a list of folds {"train": [case ids], "val": [case ids]}.',
+            num_folds,
+        )
+    if len(splits) != num_folds:
+        if splits == make_splits(ids, num_folds=len(splits)):
+            splits = make_splits(ids, num_folds=num_folds)
+            save_json_atomic(path, splits)
+            return splits
+        raise DataError(
+            f"{path}: holds {len(splits)} folds that were edited by hand (or come from "
+            f"nnU-Net), but data.num_folds={num_folds}; segkit does not overwrite a split "
+            f"someone made. Fix: set data.num_folds={len(splits)} to use it, or delete the "
+            f"file to make a new {num_folds}-fold split."
+        )
+    unknown = sorted({c for f in splits for c in (*f["train"], *f["val"])} - set(ids))
+    if unknown:
+        raise _split_error(
+            path,
+            f"names case(s) {unknown[:5]} that are not training cases of this dataset.",
+            num_folds,
+        )
+    for k, fold in enumerate(splits):
+        both = sorted(set(fold["train"]) & set(fold["val"]))
+        if both or not fold["val"] or not fold["train"]:
+            problem = f"puts {both[:5]} in both train and val" if both else "has an empty list"
+            raise _split_error(path, f"fold {k} {problem}.", num_folds)
+    return splits
+
+
 class SegDataModule(pl.LightningDataModule):
     """Training/validation data for a Decathlon or nnU-Net v2 dataset.
 
@@ -175,15 +243,7 @@ class SegDataModule(pl.LightningDataModule):
             self._prepared = self._preprocess()
             self._preprocessor = self._prepared.preprocessor
         path = self._prepared.cache_dir / "splits.json"
-        ids = set(self._prepared.case_ids)
-        splits = json.loads(path.read_text()) if path.is_file() else None
-        if (
-            splits is None
-            or len(splits) != self.num_folds
-            or {c for f in splits for c in f["val"]} != ids
-        ):
-            splits = make_splits(sorted(ids), num_folds=self.num_folds)
-            save_json_atomic(path, splits)
+        splits = load_or_make_splits(path, self._prepared.case_ids, num_folds=self.num_folds)
         self.train_ids = list(splits[self.fold]["train"])
         self.val_ids = list(splits[self.fold]["val"])[: self.val_max_cases]
 

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 import segkit.data.datamodule as dm_mod
 from segkit import ConfigError, DataError
 from segkit.data import BatchAugment, DatasetInfo, Preprocessor, SegDataModule, make_demo
+from segkit.data.datamodule import load_or_make_splits, make_splits
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "data"
 
@@ -89,7 +90,8 @@ def test_splits_saved_and_reused(demo_root, tmp_path):
     )
     assert dm.val_ids == splits[2]["val"]
     splits[2]["val"], splits[3]["val"] = splits[3]["val"], splits[2]["val"]
-    splits[2]["train"] = [c for c in dm.train_ids + dm.val_ids if c not in splits[2]["val"]]
+    for k in (2, 3):
+        splits[k]["train"] = [c for c in dm.train_ids + dm.val_ids if c not in splits[k]["val"]]
     path.write_text(json.dumps(splits))
     again = _dm(demo_root, tmp_path, fold=2)
     again.prepare_data()
@@ -97,6 +99,58 @@ def test_splits_saved_and_reused(demo_root, tmp_path):
     assert again.val_ids == splits[2]["val"]  # the user's edited split is kept
     with pytest.raises(ConfigError, match="data.fold=5"):
         _dm(demo_root, tmp_path, fold=5)
+
+
+def test_edited_split_with_another_fold_count_is_not_overwritten(demo_root, tmp_path):
+    dm = _dm(demo_root, tmp_path)
+    dm.prepare_data()
+    path = dm.cache_path / "splits.json"
+    ids = sorted(dm._prepared.case_ids)
+    mine = [{"train": ids[1:], "val": ids[:1]}, {"train": ids[:-2], "val": ids[-2:]}]
+    path.write_text(json.dumps(mine))
+    with pytest.raises(DataError, match=r"holds 2 folds that were edited.*data.num_folds=5.*"
+                       r"Fix: set data.num_folds=2"):  # fmt: skip
+        dm.setup("fit")
+    assert json.loads(path.read_text()) == mine
+    used = _dm(demo_root, tmp_path, num_folds=2, fold=1)
+    used.prepare_data()
+    used.setup("fit")
+    assert (used.train_ids, used.val_ids) == (ids[:-2], ids[-2:])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[{"train": ["a"], "val": ', r"is not valid JSON"),
+        ('{"train": [], "val": []}', r"must be a list of folds"),
+        ('[{"train": ["case_000"]}]', r"must be a list of folds"),
+    ],
+    ids=["truncated", "not_a_list", "no_val"],
+)
+def test_corrupt_splits_json(demo_root, tmp_path, text, message):
+    dm = _dm(demo_root, tmp_path)
+    dm.prepare_data()
+    (dm.cache_path / "splits.json").write_text(text)
+    with pytest.raises(DataError, match=rf"splits.json: {message}.*Fix: correct the file"):
+        dm.setup("fit")
+
+
+def test_split_checks(tmp_path):
+    ids = [f"c{i}" for i in range(6)]
+    path = tmp_path / "splits.json"
+    own3 = make_splits(ids, num_folds=3)
+    path.write_text(json.dumps(own3))
+    # segkit's own split for another fold count is remade: nothing chosen by hand is lost
+    assert load_or_make_splits(path, ids, num_folds=2) == make_splits(ids, num_folds=2)
+    assert json.loads(path.read_text()) == make_splits(ids, num_folds=2)
+    bad = [{"train": ["c0", "x9"], "val": ["c1"]}, {"train": ["c1"], "val": ["c0"]}]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"names case\(s\) \['x9'\] that are not training"):
+        load_or_make_splits(path, ids, num_folds=2)
+    bad[0]["train"] = ["c0", "c1"]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(DataError, match=r"fold 0 puts \['c1'\] in both train and val"):
+        load_or_make_splits(path, ids, num_folds=2)
 
 
 def test_augment_only_while_training(demo_root, tmp_path):
