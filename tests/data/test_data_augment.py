@@ -112,3 +112,35 @@ def test_bad_config():
         BatchAugment(p_noise=1.5)
     with pytest.raises(ConfigError, match="scale_range"):
         BatchAugment(scale_range=[1.2, 0.8])
+
+
+def _centroid_and_cov(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    pts = np.argwhere(mask.numpy()).astype(float)
+    return pts.mean(0), np.cov(pts.T)
+
+
+def test_rotation_of_non_cubic_patch_is_rigid():
+    # A ball at the centre and a small cube off-centre of a 17×33×49 patch. A rotation in
+    # voxel units keeps the ball round and the cube's distance from the centre; rotating
+    # in affine_grid's [-1, 1] units instead would stretch both by up to 49/17.
+    shape = (17, 33, 49)
+    centre = (np.array(shape) - 1) / 2
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    ball = np.linalg.norm(grid - centre, axis=-1) <= 6
+    cube = np.zeros(shape, bool)
+    cube[7:10, 15:18, 30:33] = True  # centre (8, 16, 31): stays inside when rotated
+    label = torch.from_numpy(ball.astype(np.int64) + 2 * cube)[None, None].repeat(4, 1, 1, 1, 1)
+    aug = BatchAugment(**{**OFF, "p_rotate": 1.0, "rotation_deg": 40.0})
+    _, out = aug(label.float(), label, generator=torch.Generator().manual_seed(0))
+    offset = np.array([8.0, 16.0, 31.0]) - centre
+    moved = []
+    for sample in out[:, 0]:
+        c_ball, cov = _centroid_and_cov(sample == 1)
+        eig = np.linalg.eigvalsh(cov)
+        assert np.abs(c_ball - centre).max() < 0.5
+        assert eig.max() / eig.min() < 1.15  # still a ball, not an ellipsoid
+        assert abs((sample == 1).sum().item() / ball.sum() - 1) < 0.05
+        c_cube, _ = _centroid_and_cov(sample == 2)
+        assert abs(np.linalg.norm(c_cube - centre) - np.linalg.norm(offset)) < 1.0
+        moved.append(np.linalg.norm(c_cube - centre - offset))
+    assert max(moved) > 3  # it did rotate
