@@ -39,9 +39,10 @@ def _plan_one(overrides: Sequence[str]):
     from segkit.config import compose, model_config
     from segkit.data.layouts import read_dataset_info
     from segkit.plan import plan_unet
+    from segkit.planner import apply_planner
     from segkit.spec import UNetSpec
 
-    cfg = compose(overrides)
+    cfg = apply_planner(compose(overrides), overrides, record=False)  # planner=auto
     try:
         info = read_dataset_info(Path(cfg.data.root))
         counts = (info.num_channels, info.num_classes)
@@ -184,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_demo)
 
+    from segkit.configure import add_parser as add_configure_parser
     from segkit.inference.cli import add_parsers as add_inference_parsers
+
+    add_configure_parser(sub)  # configure
 
     add_inference_parsers(sub)  # predict, export, evaluate
 

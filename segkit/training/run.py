@@ -41,8 +41,10 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     from hydra.utils import instantiate
 
     from segkit.data import SegDataModule
+    from segkit.planner import apply_planner
     from segkit.training.module import build_optimizer
 
+    apply_planner(cfg)  # planner=auto: plans patch, batch, spacing, stages (overrides win)
     check_data_choice(cfg)
     dm = instantiate(cfg.data)
     if not isinstance(dm, SegDataModule):
