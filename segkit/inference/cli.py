@@ -45,7 +45,10 @@ Dice and HD95 (mm) per case and class of predicted label maps:
 
   segkit evaluate pred=DIR labels=DIR [output=FILE.csv] [num_classes=K]
 
-Files are matched by name. A class absent from both maps is NaN and left out of means.
+Files are matched by name. Every reference case is scored: one without a prediction is a
+failure (Dice 0, status "no prediction"). A class absent from both maps is NaN and left out
+of means; the mean row's dice_mean is the mean over classes of each class's mean over cases,
+the same number as val/dice_mean during training.
 """
 
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -157,7 +160,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from segkit.inference.evaluate import evaluate, summary_rows, write_csv
+    from segkit.inference.evaluate import describe_missing, evaluate, summary_rows, write_csv
 
     kv = parse_kv(
         args.args,
@@ -179,7 +182,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     header, rows = summary_rows(scores)
     print(format_table(header, rows))
-    print("HD95 in mm (segkit's scipy.ndimage distance-transform implementation)")
+    if describe_missing(scores):
+        print(describe_missing(scores))
+    print("HD95 in mm: the larger directed 95th percentile surface distance (MONAI's convention)")
     if kv.get("output"):
         print(f"wrote {write_csv(kv['output'], header, rows)}")
     return 0
