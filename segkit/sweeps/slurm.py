@@ -1,7 +1,15 @@
-"""What ``launcher=slurm`` would submit, without a cluster (no ``sbatch`` is run)."""
+"""What ``launcher=slurm`` would submit, without a cluster (no ``sbatch`` is run).
+
+submitit has no public API that renders the sbatch script without submitting it, so the
+preview uses two of its private names (``slurm._make_sbatch_string`` and
+``SlurmExecutor._internal_process_submissions``). `check_submitit_internals` verifies
+them before use, so a submitit release that changes them stops the preview with a
+message saying so instead of a traceback; real submission never uses them.
+"""
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
@@ -26,6 +34,52 @@ class SbatchPreview:
     script: str
 
 
+def check_submitit_internals() -> None:
+    """Checks the private submitit names the preview relies on still look as expected.
+
+    Raises:
+        ConfigError: They are missing or their signatures changed (names what changed).
+    """
+    import submitit
+    from submitit.slurm import slurm
+
+    from segkit.errors import ConfigError
+
+    problems = []
+    render = getattr(slurm, "_make_sbatch_string", None)
+    if not callable(render):
+        problems.append("submitit.slurm.slurm._make_sbatch_string no longer exists")
+    else:
+        params = inspect.signature(render).parameters
+        problems += [
+            f"_make_sbatch_string lost its {name!r} argument"
+            for name in ("command", "folder", "map_count")
+            if name not in params
+        ]
+    executor = slurm.SlurmExecutor
+    # defined on SlurmExecutor itself: the one that turns submissions into sbatch calls
+    process = vars(executor).get("_internal_process_submissions")
+    if not callable(process):
+        problems.append("SlurmExecutor._internal_process_submissions no longer exists")
+    elif len(inspect.signature(process).parameters) != 2:
+        problems.append(
+            "SlurmExecutor._internal_process_submissions no longer takes (self, submissions)"
+        )
+    problems += [
+        f"SlurmExecutor.{name} no longer exists"
+        for name in ("_submitit_command_str", "affinity")
+        if not hasattr(executor, name)
+    ]
+    if problems:
+        raise ConfigError(
+            f"segkit plan's SLURM preview relies on private submitit internals that changed in "
+            f"submitit {submitit.__version__}: {'; '.join(problems)}. Submitting with "
+            "launcher=slurm is not affected. Fix: install the submitit version segkit was "
+            "tested with (pip install 'submitit==1.5.4') to preview, or update "
+            "segkit/sweeps/slurm.py."
+        )
+
+
 def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> SbatchPreview:
     """Run hydra-submitit-launcher's real ``launch`` with submission intercepted.
 
@@ -38,7 +92,8 @@ def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> Sbatc
         num_jobs: Jobs in the array (sets ``--array=0-N%parallelism``).
 
     Raises:
-        ConfigError: The config does not compose or its launcher is not ``submitit_slurm``.
+        ConfigError: The config does not compose, its launcher is not ``submitit_slurm``,
+            or the installed submitit changed the internals the preview uses.
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
@@ -50,6 +105,7 @@ def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> Sbatc
     cfg = compose(overrides, hydra_config=True)
     if cfg.hydra.runtime.choices.get("hydra/launcher") != "submitit_slurm":
         raise ConfigError("the launcher is not SLURM: add launcher=slurm to the overrides")
+    check_submitit_internals()
     launcher_cfg = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     launcher = instantiate(cfg.hydra.launcher)
     captured: dict[str, Any] = {}
@@ -79,6 +135,13 @@ def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> Sbatc
             )
         )
         launcher.launch([[f"job={i}"] for i in range(num_jobs)], initial_job_idx=0)
+    if "script" not in captured:
+        raise ConfigError(
+            "segkit plan's SLURM preview intercepted no submission: the installed submitit "
+            "no longer submits through SlurmExecutor._internal_process_submissions. "
+            "Submitting with launcher=slurm is not affected. Fix: pip install "
+            "'submitit==1.5.4' to preview, or update segkit/sweeps/slurm.py."
+        )
     return SbatchPreview(
         launcher=launcher_cfg, parameters=captured["parameters"], script=captured["script"]
     )

@@ -8,6 +8,7 @@ from segkit.cli import main as cli
 from segkit.config import compose, expand_sweep
 from segkit.errors import ConfigError
 from segkit.sweeps import preview_sbatch, sweep_overrides
+from segkit.sweeps.slurm import check_submitit_internals
 
 SLURM = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
 
@@ -114,3 +115,24 @@ def test_plan_preflight_prints_the_sbatch_script(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "sbatch script of a 6-job array" in out
     assert "#SBATCH --array=0-5%6" in out and "#SBATCH --partition=gpu" in out
+
+
+def test_submitit_internals_used_by_the_preview_exist():
+    # Fails with the message below (what changed, and that submission is unaffected)
+    # when a submitit release renames or reshapes the private names the preview uses.
+    check_submitit_internals()
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "message"),
+    [
+        ("submitit.slurm.slurm", "_make_sbatch_string", r"_make_sbatch_string no longer exists"),
+        ("submitit.slurm.slurm.SlurmExecutor", "_internal_process_submissions",
+         r"_internal_process_submissions no longer exists"),
+    ],
+    ids=["render", "intercept"],
+)  # fmt: skip
+def test_preview_fails_clearly_when_submitit_internals_change(monkeypatch, target, name, message):
+    monkeypatch.delattr(f"{target}.{name}")
+    with pytest.raises(ConfigError, match=rf"private submitit internals .*{message}.*not affected"):
+        preview_sbatch(["launcher=slurm"])
