@@ -211,6 +211,16 @@ def file_lock(path: Path, *, waiting: str = "") -> Iterator[None]:
         except BlockingIOError:
             log.warning("%s", waiting or f"waiting for another process to release {path}")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as err:  # e.g. Lustre mounted without flock: ENOSYS / ENOLCK
+            log.warning(
+                "%s: this filesystem does not support file locks (%s); concurrent runs on it "
+                "are not protected from each other. Fix: start one job first, or mount it "
+                "with flock support.",
+                path,
+                err,
+            )
+            yield
+            return
         try:
             yield
         finally:

@@ -65,3 +65,20 @@ def test_temporary_names_are_unique_per_write(tmp_path):
     save_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_lock_on_a_filesystem_without_flock_warns_and_goes_on(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    from segkit.data.io import file_lock
+
+    def no_flock(fd, op):  # what Lustre mounted without flock answers
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    ran = []
+    with file_lock(tmp_path / ".lock"):
+        ran.append(True)
+    assert ran == [True]
+    assert "does not support file locks" in caplog.text
