@@ -36,13 +36,14 @@ def _plan_one(overrides: Sequence[str]):
 
     from omegaconf.errors import OmegaConfBaseException
 
-    from segkit.config import compose, model_config
+    from segkit.config import check_data_choice, compose, composition, model_config
     from segkit.data.layouts import read_dataset_info
     from segkit.plan import plan_unet
     from segkit.planner import apply_planner
     from segkit.spec import UNetSpec
 
-    cfg = apply_planner(compose(overrides), overrides, record=False)  # planner=auto
+    cfg = apply_planner(compose(overrides, hydra_config=True), overrides, record=False)
+    check_data_choice(cfg)
     try:
         info = read_dataset_info(Path(cfg.data.root))
         counts = (info.num_channels, info.num_classes)
@@ -53,7 +54,7 @@ def _plan_one(overrides: Sequence[str]):
     )
     spec = UNetSpec.from_config(model)
     patch = list(cfg.data.patch_size)
-    title = _title(spec, patch)
+    title = f"{composition(cfg)}\n" + _title(spec, patch)
     if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
         from omegaconf import OmegaConf
 

@@ -109,7 +109,11 @@ def group_choices(cfg: DictConfig) -> dict[str, str]:
             choices = HydraConfig.get().runtime.choices
     if choices is None:
         return {}
-    return {str(k): str(v) for k, v in choices.items() if not str(k).startswith("hydra/")}
+    return {
+        str(k): "none" if v is None else str(v)
+        for k, v in choices.items()
+        if not str(k).startswith("hydra/")
+    }
 
 
 def composition(cfg: DictConfig) -> str:

@@ -22,6 +22,7 @@ TINY = [
     "model.channels=4",
     "model.max_channels=16",
     "print_plan=false",
+    "calibrate_inference.enabled=false",
 ]
 
 
@@ -35,3 +36,20 @@ class CaptureWeights(pl.Callback):
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         state = pl_module.net.state_dict()
         CaptureWeights.final = {k: v.detach().clone() for k, v in state.items()}
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process once ``step`` training steps are done (added to a run with
+    ``+callbacks.kill._target_=tests.utils.KillAtStep +callbacks.kill.step=N``): a crash at
+    a known point, not a race with a poll loop. Lightning runs checkpoint callbacks after
+    this one, so the checkpoint of step N itself is never written."""
+
+    def __init__(self, step: int) -> None:
+        self.step = int(step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -163,6 +162,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     best_ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "")
     metrics["best_checkpoint"] = best_ckpt or None
     metrics["validation_inference"] = module.inference_settings.describe()
+    metrics["validation_cases"] = [
+        case for case, _, _ in _validation_cases(trainer, dm, load=False)
+    ]
     metrics["inference"] = calibration
     if trainer.is_global_zero:
         save_json_atomic(out_dir / "metrics.json", metrics)
@@ -176,14 +178,19 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     return value, metrics
 
 
-def _validation_cases(trainer: Any, dm: Any):
-    """``(case id, image, label)`` of the validation fold, as many as validation used."""
-    limit = None
-    with contextlib.suppress(AttributeError, IndexError, TypeError, ValueError, OverflowError):
-        limit = int(trainer.num_val_batches[0])
-    for n, batch in enumerate(dm.val_dataloader()):
-        if limit is not None and n >= limit:
-            return
+def _validation_cases(trainer: Any, dm: Any, *, load: bool = True):
+    """``(case id, image, label)`` of the validation fold, as many as validation used
+    (only the ids, with None for the arrays, when ``load`` is false)."""
+    ids = list(dm.val_ids)
+    limit = trainer.limit_val_batches
+    if isinstance(limit, int):
+        ids = ids[:limit]
+    elif isinstance(limit, float) and limit < 1:
+        ids = ids[: math.ceil(limit * len(ids))]
+    if not load:
+        yield from ((case, None, None) for case in ids)
+        return
+    for _, batch in zip(ids, dm.val_dataloader()):
         yield str(batch["case"][0]), batch["image"], batch["label"][0, 0]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -91,3 +93,118 @@ def test_find_cases_groups_channels(tmp_path):
     ]
     # single-channel nnU-Net names lose their channel suffix
     assert [c.case_id for c in find_cases(tmp_path / "a_0000.nii.gz", num_channels=1)] == ["a"]
+
+
+def test_output_in_the_input_folder_is_refused(ckpt, tmp_path, capsys):
+    src = write_image(tmp_path / "in" / "a.nii.gz")
+    before = src.read_bytes()
+    assert main(["predict", f"ckpt={ckpt}", f"input={src}", f"output={src.parent}"]) == 2
+    err = capsys.readouterr().err
+    assert "is the folder of the input images" in err and "would overwrite" in err
+    assert src.read_bytes() == before and outputs(src.parent) == ["a.nii.gz"]
+    # nnU-Net names do not collide, but the predictions would still land among the images
+    nn_img = write_image(tmp_path / "nn" / "b_0000.nii.gz")
+    assert main(["predict", f"ckpt={ckpt}", f"input={nn_img.parent}", f"output={nn_img.parent}"])
+    assert "is the folder of the input images" in capsys.readouterr().err
+    assert outputs(nn_img.parent) == ["b_0000.nii.gz"]
+
+
+def test_a_corrupt_case_fails_alone_and_is_reported(ckpt, tmp_path, capsys):
+    folder = tmp_path / "in"
+    for i, name in enumerate(["a", "b", "c"]):
+        write_image(folder / f"{name}.nii.gz", shape=(31, 29, 17), seed=i)
+    bad = folder / "b.nii.gz"
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) * 2 // 3])  # the header reads, the body does not
+    out = tmp_path / "out"
+    code = main(["predict", f"ckpt={ckpt}", f"input={folder}", f"output={out}", "progress=false"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "1 of 3 case(s) failed" in err and "b: " in err
+    assert "Written (complete): a.nii.gz, c.nii.gz" in err
+    assert outputs(out) == ["a.nii.gz", "c.nii.gz"]  # no temporaries left behind
+
+
+def test_each_case_says_what_inference_ran_and_why(ckpt, tmp_path):
+    big = write_image(tmp_path / "in" / "big.nii.gz", shape=(37, 29, 15))
+    lines: list[str] = []
+    predict(
+        ckpt=ckpt,
+        input=big,
+        output=tmp_path / "out",
+        options=PredictOptions(progress=False),
+        report=lines.append,
+    )
+    assert len(lines) == 1 and lines[0].startswith("big: whole volume")
+    assert "no norm depends on the input's extent" in lines[0]  # batch norm in eval
+    lines.clear()
+    predict(
+        ckpt=ckpt,
+        input=big,
+        output=tmp_path / "out2",
+        options=PredictOptions(mode="sliding", overlap=0.25, progress=False),
+        report=lines.append,
+    )
+    assert re.match(r"big: sliding window \d+×\d+×\d+ over \d+×\d+×\d+, overlap 0.25,", lines[0])
+    assert lines[0].endswith("(mode=sliding) [overlap/window: given]")
+
+
+def test_the_measured_setting_in_a_checkpoint_is_the_default(ckpt, tmp_path):
+    import torch
+
+    from segkit.inference.checkpoint import CALIBRATION_KEY
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state[CALIBRATION_KEY] = {"overlap": 0.25, "window_scale": 1.5, "dice_mean": 0.9, "rows": []}
+    calibrated = tmp_path / "calibrated.ckpt"
+    torch.save(state, calibrated)
+    src = write_image(tmp_path / "in" / "a.nii.gz", shape=(37, 29, 15))
+    lines: list[str] = []
+    opts = PredictOptions(mode="sliding", progress=False)
+    predict(ckpt=calibrated, input=src, output=tmp_path / "o1", options=opts, report=lines.append)
+    assert "overlap 0.25," in lines[0]
+    assert "measured at the end of training (mean Dice 0.9000)" in lines[0]
+    wide = [int(v) for v in re.search(r"window (\d+)×(\d+)×(\d+)", lines[0]).groups()]
+    lines.clear()
+    given = PredictOptions(mode="sliding", overlap=0.5, window_scale=1.0, progress=False)
+    predict(ckpt=calibrated, input=src, output=tmp_path / "o2", options=given, report=lines.append)
+    assert "overlap 0.5," in lines[0] and "[overlap/window: given]" in lines[0]
+    plain = [int(v) for v in re.search(r"window (\d+)×(\d+)×(\d+)", lines[0]).groups()]
+    assert all(w >= p for w, p in zip(wide, plain)) and wide != plain
+
+
+def test_fold_ensemble_averages_probabilities(ckpt, tmp_path):
+    import shutil
+
+    from tests.inference.conftest import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "runs" / "1" / "checkpoints" / "best.ckpt", epochs=1)
+    (tmp_path / "runs" / "0" / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, tmp_path / "runs" / "0" / "checkpoints" / "best.ckpt")
+    src = write_image(tmp_path / "in" / "a.nii.gz", shape=(33, 27, 15))
+
+    def probs(which, out):
+        predict(
+            ckpt=which,
+            input=src,
+            output=tmp_path / out,
+            options=PredictOptions(save_probabilities=True, progress=False),
+            report=lambda line: None,
+        )
+        return np.load(tmp_path / out / "a.npz")["probabilities"].astype(np.float64)
+
+    p0, p1 = probs(ckpt, "o0"), probs(other, "o1")
+    assert np.abs(p0 - p1).max() > 1e-2  # two different models
+    both = probs(f"{ckpt},{other}", "o01")
+    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=2e-3)  # float16 on disk
+    folder = probs(tmp_path / "runs", "omulti")  # the multirun directory of two folds
+    np.testing.assert_allclose(folder, both, atol=1e-3)
+
+
+def test_mismatched_checkpoints_are_not_averaged(ckpt, ckpt2, tmp_path, capsys):
+    src = write_image(tmp_path / "in" / "a.nii.gz")
+    code = main(["predict", f"ckpt={ckpt},{ckpt2}", f"input={src}", f"output={tmp_path / 'o'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot be averaged" in err and "input channels" in err
+    assert outputs(tmp_path / "o") == []

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +37,8 @@ def test_train_end_to_end_writes_real_metrics_and_reloadable_checkpoint(tmp_path
         "model.block=residual",
         "model.kernel_size=5",
         "+callbacks.capture._target_=tests.utils.CaptureWeights",
+        "calibrate_inference.enabled=true",
+        "calibrate_inference.overlaps=[0,0.5]",
     )
     value, metrics = train(cfg)
 
@@ -76,6 +77,46 @@ def test_train_end_to_end_writes_real_metrics_and_reloadable_checkpoint(tmp_path
     assert reloaded.shape == (1, 4, 31, 27, 19)
     assert torch.equal(reloaded, expected)
 
+    # Validation during training and `segkit predict` + `segkit evaluate` are one inference
+    # path: the same checkpoint and settings give the same mean foreground Dice.
+    assert saved["validation_inference"] == "mode=auto overlap=0.5 window_scale=1"
+    cases = saved["validation_cases"]
+    assert len(cases) == 2
+    images, labels = tmp_path / "val_images", tmp_path / "val_labels"
+    for folder, sub in ((images, "imagesTr"), (labels, "labelsTr")):
+        folder.mkdir()
+        for case in cases:
+            name = f"{case}.nii.gz"
+            (folder / name).symlink_to(demo_data_dir / "demo" / sub / name)
+    final = _predict_and_score(
+        tmp_path / "checkpoints" / "last.ckpt",
+        images,
+        labels,
+        tmp_path / "pred_last",
+        mode="auto",
+        overlap=0.5,
+        window_scale=1.0,
+    )
+    assert final == pytest.approx(saved["dice_mean_final"], abs=1e-3)
+    # by default predict uses the setting measured on the validation fold after training,
+    # and reproduces the Dice that measurement reported
+    chosen = saved["inference"]
+    assert chosen["checkpoint"] == "best.ckpt" and len(chosen["rows"]) == 4
+    best = _predict_and_score(
+        tmp_path / "checkpoints" / "best.ckpt", images, labels, tmp_path / "pred_best"
+    )
+    assert best == pytest.approx(chosen["dice_mean"], abs=1e-3)
+
+
+def _predict_and_score(ckpt, images, labels, out, **options) -> float:
+    from segkit.inference.evaluate import evaluate
+    from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.scoring import mean_dice
+
+    predict(ckpt=ckpt, input=images, output=out, options=PredictOptions(progress=False, **options))
+    scores = evaluate(pred=out, labels=labels, num_classes=4)
+    return mean_dice(torch.tensor([s.dice for s in scores]))[1]
+
 
 def _train_cmd(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     return [
@@ -88,7 +129,7 @@ def _train_cmd(run_dir: Path, data_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path, demo_data_dir):
+def test_sigkill_then_resume_trains_only_the_remaining_steps(tmp_path, demo_data_dir):
     steps = [
         "trainer.max_epochs=3",
         "++trainer.limit_train_batches=4",
@@ -99,24 +140,23 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path, demo_data_
         "trainer.check_val_every_n_epoch=3",
     ]
     last = tmp_path / "checkpoints" / "last.ckpt"
-    proc = subprocess.Popen(
-        _train_cmd(tmp_path, demo_data_dir, *steps),
+    # killed by SIGKILL right after step 7: the newest checkpoint is the one of step 6
+    killed = subprocess.run(
+        _train_cmd(
+            tmp_path,
+            demo_data_dir,
+            *steps,
+            "+callbacks.kill._target_=tests.utils.KillAtStep",
+            "+callbacks.kill.step=7",
+        ),
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.is_file():
-            step = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-            if step >= 4:
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, "training finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     killed_at = torch.load(last, map_location="cpu", weights_only=True)["global_step"]
-    assert 4 <= killed_at < 12
+    assert killed_at == 6
     assert not (tmp_path / "metrics.json").exists()
 
     out = subprocess.run(
@@ -130,15 +170,33 @@ def test_sigkill_then_resume_continues_from_last_checkpoint(tmp_path, demo_data_
     assert "Restored all states from the checkpoint" in out.stdout + out.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["global_step"] == 12
+    # the resumed process's own log (CSVLogger starts a new file) has exactly steps 7..12
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    steps_logged = [
+    trained = sorted(
         int(r.split(",")[header.index("step")])
         for r in rows[1:]
         if r.split(",")[header.index("train/loss_step")]
-    ]
-    # the resumed process trained only the steps after the checkpoint
-    assert min(steps_logged) >= killed_at - 1 or len(set(steps_logged)) <= 12
+    )
+    assert trained == list(range(killed_at, 12)), trained
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path, demo_data_dir):
+    from tests.inference.test_bad_input import _Payload
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "x": _Payload(str(marker))}, evil)
+    out = subprocess.run(
+        _train_cmd(tmp_path / "run", demo_data_dir, f"ckpt_path={evil}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "refused to load" in out.stderr and "Traceback" not in out.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(
