@@ -1,24 +1,25 @@
 """Static plans: every layer's padding, output_padding and sizes before anything runs.
 
-:func:`plan_unet` solves a :class:`~segkit.spec.UNetSpec` for one input size;
+:func:`plan_unet` solves a :class:`~segkit.spec.UNetSpec` for one input size:
+shape algebra (:mod:`segkit.shapes`) decides what is feasible and says how to fix
+what is not; the rows are then read off the network itself, run once on the meta
+device (:mod:`segkit.nn.trace`), so a plan and a forward pass cannot disagree.
 :func:`plan_layers` describes an explicit stack of layers (the seed article's
-examples). Both return a :class:`Plan`, which renders as a table or a dict.
-The U-Net module runs the very same arithmetic on every forward pass, so a plan
-and a forward pass cannot disagree (tests check it with hooks).
+examples) by shape algebra alone. Both return a :class:`Plan`, which renders as a
+table or a dict.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from segkit.errors import ShapeError
 from segkit.shapes import (
     conv_out,
     conv_transpose_out,
-    fit_transposed,
     min_input_size,
     receptive_field,
     resolve_padding,
@@ -32,7 +33,6 @@ Size = tuple[int, ...]
 
 # Bytes per activation element for the memory estimate (fp32 training).
 _BYTES = 4
-_NORM_PARAMS = {"instance": 2, "batch": 2, "group": 2, "none": 0}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class LayerRow:
     macs: int = 0
     output_padding: Size | None = None
     crop: Size | None = None
-    saved: int = 0  # activation elements autograd keeps for backward (per sample)
+    saved: int = 0  # bytes autograd keeps for backward (per sample, fp32 training)
 
 
 @dataclass(frozen=True)
@@ -194,108 +194,11 @@ def _check_input(spec: UNetSpec, size: Size) -> None:
         raise ShapeError(f"input size {list(size)}: every axis must be a positive integer")
 
 
-def _conv_row(
-    name: str,
-    stage: str,
-    spec: UNetSpec,
-    level: int,
-    size: Size,
-    cin: int,
-    cout: int,
-    stride: Size,
-    *,
-    act: bool = True,
-    op: str = "conv",
-) -> LayerRow:
-    pads = spec.conv_padding(level)
-    kernel, dil = spec.kernel_size[level], spec.dilation[level]
-    out = tuple(
-        conv_out(n, k, s, lo, hi, d)
-        for n, k, s, (lo, hi), d in zip(size, kernel, stride, pads, dil, strict=True)
-    )
-    norm = spec.norm[0]
-    params = cin * cout * _prod(kernel) + (cout if spec.conv_bias else 0)
-    params += _NORM_PARAMS[norm] * cout
-    if spec.act[0] == "prelu" and act:
-        params += 1
-    per_out = 2 if norm != "none" else 1
-    if not act and norm == "none":
-        per_out = 1
-    if spec.dropout and act:
-        per_out += 1
-    return LayerRow(
-        name=name,
-        stage=stage,
-        op=op,
-        kernel=kernel,
-        stride=stride,
-        padding=pads,
-        in_size=size,
-        out_size=out,
-        in_channels=cin,
-        out_channels=cout,
-        params=params,
-        macs=_prod(out) * cin * cout * _prod(kernel),
-        saved=per_out * _prod(out) * cout,
-    )
+def stage_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
+    """The size of every encoder stage's output (the skips) at ``input_size``.
 
-
-def _block_rows(
-    prefix: str,
-    stage: str,
-    spec: UNetSpec,
-    level: int,
-    size: Size,
-    cin: int,
-    cout: int,
-    n_convs: int,
-    stride: Size,
-) -> list[LayerRow]:
-    rows = []
-    c, cur = cin, size
-    residual = spec.block == "residual"
-    for j in range(n_convs):
-        last = j == n_convs - 1
-        row = _conv_row(
-            f"{prefix}.convs.{j}",
-            stage,
-            spec,
-            level,
-            cur,
-            c,
-            cout,
-            stride if j == 0 else (1,) * len(size),
-            act=not (residual and last),
-        )
-        rows.append(row)
-        c, cur = cout, row.out_size
-    if residual and spec.act[0] == "prelu":  # the activation after the residual add
-        rows[-1] = replace(rows[-1], params=rows[-1].params + 1)
-    if residual and (cin != cout or any(s != 1 for s in stride)):
-        out = tuple(conv_out(n, 1, s) for n, s in zip(size, stride))
-        norm = spec.norm[0]
-        rows.append(
-            LayerRow(
-                name=f"{prefix}.shortcut",
-                stage=stage,
-                op="conv 1×1 (shortcut)",
-                kernel=(1,) * len(size),
-                stride=stride,
-                padding=((0, 0),) * len(size),
-                in_size=size,
-                out_size=out,
-                in_channels=cin,
-                out_channels=cout,
-                params=cin * cout + (cout if spec.conv_bias else 0) + _NORM_PARAMS[norm] * cout,
-                macs=_prod(out) * cin * cout,
-                saved=(_prod(out) * cout if norm != "none" else 0),
-            )
-        )
-    return rows
-
-
-def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> Plan:
-    """Solve every layer of ``spec`` at ``input_size``.
+    Pure shape algebra: every stage's downsampling is one strided "same" conv
+    (``ceil``) or one pooling (``floor``), whatever the blocks are.
 
     Raises:
         ShapeError: the input is too small for some level, naming the stage,
@@ -303,117 +206,95 @@ def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> 
     """
     size: Size = tuple(int(v) for v in input_size)
     _check_input(spec, size)
-    ndim = spec.spatial_dims
     minimum = unet_min_input_size(spec)
-    rows: list[LayerRow] = []
     skips: list[Size] = []
-    cur, cin = size, spec.in_channels
+    cur = size
     for i in range(spec.depth):
         stride = spec.strides[i]
-        if i > 0:
-            for a in range(ndim):
-                if cur[a] < stride[a]:
-                    fit = _largest_depth(spec, size)
-                    raise ShapeError(
-                        f"stage {i}, axis {a}: {cur[a]} voxel(s) cannot be downsampled by stride "
-                        f"{stride[a]} (input {list(size)} shrinks to {list(cur)} "
-                        f"at stage {i - 1}). "
-                        f"Fix: an input of at least {list(minimum)} "
-                        f"(axis {a} ≥ {minimum[a]}), or model.depth={fit} for this input, or "
-                        f"stride 1 on axis {a} from stage {i}."
-                    )
-        if spec.pooling and i > 0:
-            out = tuple(conv_out(n, s, s) for n, s in zip(cur, stride))
-            extra = 2 if spec.downsample == "maxpool" else 0  # int64 indices
-            rows.append(
-                LayerRow(
-                    name=f"encoder.{i}.down",
-                    stage=f"enc{i}",
-                    op=spec.downsample,
-                    kernel=stride,
-                    stride=stride,
-                    padding=((0, 0),) * ndim,
-                    in_size=cur,
-                    out_size=out,
-                    in_channels=cin,
-                    out_channels=cin,
-                    saved=extra * _prod(out) * cin,
+        for a in range(spec.spatial_dims):
+            if cur[a] < stride[a]:
+                fit = _largest_depth(spec, size)
+                raise ShapeError(
+                    f"stage {i}, axis {a}: {cur[a]} voxel(s) cannot be downsampled by stride "
+                    f"{stride[a]} (input {list(size)} shrinks to {list(cur)} "
+                    f"at stage {i - 1}). "
+                    f"Fix: an input of at least {list(minimum)} "
+                    f"(axis {a} ≥ {minimum[a]}), or model.depth={fit} for this input, or "
+                    f"stride 1 on axis {a} from stage {i}."
                 )
-            )
-            cur, conv_stride = out, (1,) * ndim
-        else:
-            conv_stride = stride
-        block = _block_rows(
-            f"encoder.{i}.block",
-            f"enc{i}",
-            spec,
-            i,
-            cur,
-            cin,
-            spec.channels[i],
-            spec.convs_per_stage[i],
-            conv_stride,
-        )
-        rows += block
-        cur, cin = _block_out(block), spec.channels[i]
+        if i > 0:
+            cur = tuple(d.out(n) for d, n in zip(spec.downsamples(i), cur))
         skips.append(cur)
     _check_norm(spec, skips, size, minimum)
+    return skips
 
-    for i in range(spec.depth - 2, -1, -1):
-        cout = spec.channels[i]
-        skip = skips[i]
-        rows.append(_up_row(spec, i, cur, skip, cin, cout))
-        rows.append(
-            LayerRow(
-                name=f"decoder.{i}.cat",
-                stage=f"dec{i}",
-                op="concat skip",
-                kernel=(),
-                stride=(),
-                padding=(),
-                in_size=skip,
-                out_size=skip,
-                in_channels=cout,
-                out_channels=2 * cout,
-                saved=_prod(skip) * 2 * cout,
-            )
+
+def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> Plan:
+    """Solve every layer of ``spec`` at ``input_size``.
+
+    Feasibility is decided by shape algebra first (a clear :class:`ShapeError`);
+    the rows are then read off the network itself, run once on the meta device
+    (:mod:`segkit.nn.trace`): sizes, padding, parameters, FLOPs and autograd's saved
+    tensors (fp32 training, one sample) cannot disagree with the module.
+
+    Raises:
+        ShapeError: the input is too small for some level, naming the stage,
+            the axis, the sizes and the fix (smallest valid size, largest depth);
+            or a user block does not keep the block contract, naming block and stage.
+    """
+    from segkit.nn.trace import trace_unet, verify_blocks
+
+    size: Size = tuple(int(v) for v in input_size)
+    stage_sizes(spec, size)
+    verify_blocks(spec)
+    traced = trace_unet(spec, size)
+    if traced.output_size != size:  # cannot happen: the solver is exact; guard it loudly
+        raise AssertionError(f"internal error: plan output {traced.output_size} != input {size}")
+    rows = tuple(
+        LayerRow(
+            name=r.name,
+            stage=_stage_of(r.name),
+            op=r.op,
+            kernel=r.kernel,
+            stride=r.stride,
+            padding=r.padding,
+            in_size=r.in_size,
+            out_size=r.out_size,
+            in_channels=r.in_channels,
+            out_channels=r.out_channels,
+            params=r.params,
+            macs=r.flops // 2,
+            output_padding=r.output_padding,
+            crop=r.crop,
+            saved=r.saved_bytes,
         )
-        block = _block_rows(
-            f"decoder.{i}.block",
-            f"dec{i}",
-            spec,
-            i,
-            skip,
-            2 * cout,
-            cout,
-            spec.convs_per_stage_decoder[i],
-            (1,) * ndim,
-        )
-        rows += block
-        cur, cin = _block_out(block), cout
-        if i == 0 or spec.deep_supervision:
-            rows.append(_head_row(spec, i, cur, cout))
-    if spec.depth == 1:
-        rows.append(_head_row(spec, 0, cur, cin))
-    if cur != size:  # cannot happen: the solver is exact; guard the invariant loudly
-        raise AssertionError(f"internal error: plan output {cur} != input {size}")
+        for r in traced.rows
+    )
     return Plan(
-        rows=tuple(rows),
+        rows=rows,
         input_size=size,
-        output_size=cur,
+        output_size=traced.output_size,
         in_channels=spec.in_channels,
         out_channels=spec.out_channels,
-        params=sum(r.params for r in rows),
-        macs=sum(r.macs for r in rows),
-        receptive_field=_unet_rf(spec),
-        activation_bytes=_BYTES * (sum(r.saved for r in rows) + _prod(size) * spec.in_channels),
-        min_input_size=minimum,
+        params=traced.params,
+        macs=traced.flops // 2,
+        receptive_field=traced.receptive_field,
+        activation_bytes=traced.saved_bytes,
+        min_input_size=unet_min_input_size(spec),
         title=title,
     )
 
 
-def _block_out(block: list[LayerRow]) -> Size:
-    return next(r.out_size for r in reversed(block) if ".convs." in r.name)
+def _stage_of(name: str) -> str:
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[1].isdigit():
+        if parts[0] == "encoder":
+            return "stem" if len(parts) > 2 and parts[2] == "stem" else f"enc{parts[1]}"
+        if parts[0] == "decoder":
+            return f"dec{parts[1]}"
+        if parts[0] == "heads":
+            return "head" if parts[1] == "0" else f"ds{parts[1]}"
+    return parts[0]
 
 
 def _check_norm(spec: UNetSpec, skips: list[Size], size: Size, minimum: Size) -> None:
@@ -445,95 +326,6 @@ def _grow_to_two(spec: UNetSpec, axis: int, start: int) -> int:
         if cur >= 2:
             return n
         n += 1
-
-
-def _up_row(spec: UNetSpec, level: int, size: Size, skip: Size, cin: int, cout: int) -> LayerRow:
-    """Upsampling from stage ``level + 1`` to the skip of stage ``level``."""
-    ndim = spec.spatial_dims
-    stride = spec.strides[level + 1]
-    common = dict(
-        name=f"decoder.{level}.up",
-        stage=f"dec{level}",
-        stride=stride,
-        in_size=size,
-        out_size=skip,
-        in_channels=cin,
-        out_channels=cout,
-    )
-    if spec.upsample == "interpolate":
-        return LayerRow(
-            op=f"interp ({spec.interp_mode}) + conv 1×1",
-            kernel=(1,) * ndim,
-            padding=((0, 0),) * ndim,
-            params=cin * cout + (cout if spec.conv_bias else 0),
-            macs=_prod(skip) * cin * cout,
-            saved=_prod(skip) * cin,
-            **common,
-        )
-    kernel = spec.up_kernel_size[level]
-    downs = spec.downsamples(level + 1)
-    fits = [fit_transposed(n, d, u) for n, d, u in zip(skip, downs, kernel, strict=True)]
-    raw = tuple(
-        conv_transpose_out(n, u, s, f.padding, f.output_padding)
-        for n, u, s, f in zip(size, kernel, stride, fits, strict=True)
-    )
-    if tuple(r - f.crop for r, f in zip(raw, fits)) != skip:  # invariant of fit_transposed
-        raise AssertionError(f"internal error: transposed conv {raw} does not fit skip {skip}")
-    return LayerRow(
-        op="transposed conv",
-        kernel=kernel,
-        padding=tuple((f.padding, f.padding) for f in fits),
-        output_padding=tuple(f.output_padding for f in fits),
-        crop=tuple(f.crop for f in fits),
-        params=cin * cout * _prod(kernel) + (cout if spec.conv_bias else 0),
-        macs=_prod(size) * cin * cout * _prod(kernel),
-        **common,
-    )
-
-
-def _head_row(spec: UNetSpec, level: int, size: Size, cin: int) -> LayerRow:
-    ndim = spec.spatial_dims
-    cout = spec.out_channels
-    return LayerRow(
-        name=f"heads.{level}",
-        stage="head" if level == 0 else f"ds{level}",
-        op="conv 1×1 (logits)",
-        kernel=(1,) * ndim,
-        stride=(1,) * ndim,
-        padding=((0, 0),) * ndim,
-        in_size=size,
-        out_size=size,
-        in_channels=cin,
-        out_channels=cout,
-        params=cin * cout + cout,
-        macs=_prod(size) * cin * cout,
-        saved=_prod(size) * cout,
-    )
-
-
-def _unet_rf(spec: UNetSpec) -> Size:
-    """Receptive field of one output voxel through the deepest path."""
-    out = []
-    for a in range(spec.spatial_dims):
-        chain: list[tuple[str, int, int]] = []
-        for i in range(spec.depth):
-            e = spec.dilation[i][a] * (spec.kernel_size[i][a] - 1) + 1
-            s = spec.strides[i][a]
-            if spec.pooling:
-                if i > 0:
-                    chain.append(("down", s, s))
-                chain += [("down", e, 1)] * spec.convs_per_stage[i]
-            else:
-                chain.append(("down", e, s))
-                chain += [("down", e, 1)] * (spec.convs_per_stage[i] - 1)
-        for i in range(spec.depth - 2, -1, -1):
-            s = spec.strides[i + 1][a]
-            u = 2 * s if spec.upsample == "interpolate" else spec.up_kernel_size[i][a]
-            chain.append(("up", u, s))
-            e = spec.dilation[i][a] * (spec.kernel_size[i][a] - 1) + 1
-            chain += [("down", e, 1)] * spec.convs_per_stage_decoder[i]
-        out.append(receptive_field(chain))
-    return tuple(out)
 
 
 # ------------------------------------------------------------- explicit layer stacks
@@ -574,12 +366,20 @@ def plan_layers(
             layer.get("stride", kernel if pool else 1), ndim, name=f"layers[{n}].stride"
         )
         dil = to_tuple(layer.get("dilation", 1), ndim, name=f"layers[{n}].dilation")
+        if kind == "avgpool" and any(d != 1 for d in dil):
+            raise ShapeError(f"layers[{n}] (avgpool): average pooling has no dilation; remove it")
         cout = c if pool else int(layer.get("out_channels", c))
         if kind == "transposed":
             pad = to_tuple(layer.get("padding", 0), ndim, name=f"layers[{n}].padding")
             opad = to_tuple(
                 layer.get("output_padding", 0), ndim, name=f"layers[{n}].output_padding"
             )
+            for a, (o, s_, d) in enumerate(zip(opad, stride, dil)):
+                if not 0 <= o < max(s_, d):
+                    raise ShapeError(
+                        f"layers[{n}] (transposed), axis {a}: output_padding {o} must be in "
+                        f"[0, max(stride, dilation)) = [0, {max(s_, d)})"
+                    )
             out = tuple(
                 conv_transpose_out(*args) for args in zip(size, kernel, stride, pad, opad, dil)
             )
@@ -593,6 +393,15 @@ def plan_layers(
                 pads = tuple(same_padding(k, d) for k, d in zip(kernel, dil))
             else:
                 pads = tuple(resolve_padding(padding, k, d) for k, d in zip(kernel, dil))
+            if pool:
+                for a, ((lo, hi), k, d) in enumerate(zip(pads, kernel, dil)):
+                    half = (d * (k - 1) + 1) // 2
+                    if max(lo, hi) > half:
+                        raise ShapeError(
+                            f"layers[{n}] ({kind}), axis {a}: padding ({lo}, {hi}) is more than "
+                            f"half the pooling window ({d * (k - 1) + 1}); PyTorch refuses it. "
+                            f"Fix: padding ≤ {half}"
+                        )
             out = tuple(
                 conv_out(n_, k, s, lo, hi, d)
                 for n_, k, s, (lo, hi), d in zip(size, kernel, stride, pads, dil)
@@ -624,7 +433,7 @@ def plan_layers(
                 params=params,
                 macs=macs,
                 output_padding=opad,
-                saved=_prod(out) * cout,
+                saved=_BYTES * _prod(out) * cout,
             )
         )
         size, c = out, cout
@@ -637,7 +446,7 @@ def plan_layers(
         params=sum(r.params for r in rows),
         macs=sum(r.macs for r in rows),
         receptive_field=tuple(receptive_field(ch) for ch in chain),
-        activation_bytes=_BYTES * sum(r.saved for r in rows),
+        activation_bytes=sum(r.saved for r in rows),
         title=title,
     )
 

@@ -8,6 +8,7 @@ per-axis tuples in this one place and rejects anything it cannot read with a
 
 from __future__ import annotations
 
+import importlib
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -18,9 +19,12 @@ from segkit.shapes import Downsample, same_padding
 
 NORMS = ("instance", "batch", "group", "none")
 ACTS = ("leakyrelu", "relu", "gelu", "prelu")
-BLOCKS = ("plain", "residual")
+BLOCKS = ("plain", "residual", "bottleneck", "mednext")
 DOWNSAMPLES = ("conv", "maxpool", "avgpool")
-UPSAMPLES = ("transposed", "interpolate")
+UPSAMPLES = ("transposed", "interpolate", "mednext")
+SKIP_MERGES = ("concat", "add")
+SHORTCUTS = ("conv", "avgpool")
+STEMS = ("none", "conv", "conv1x1")
 
 Axes = tuple[int, ...]
 Choice = tuple[str, tuple[tuple[str, Any], ...]]
@@ -46,13 +50,14 @@ def _as_list(value: Any) -> list | None:
     return None
 
 
-def _positive_int(value: Any, key: str, *, minimum: int = 1) -> int:
+def _positive_int(value: Any, key: str, *, minimum: int = 1, stage: int | None = None) -> int:
+    where = "" if stage is None else f" (stage {stage})"
     if not _is_int(value):
         raise ConfigError(
-            f"model.{key}: expected an integer, got {value!r} ({type(value).__name__})"
+            f"model.{key}{where}: expected an integer, got {value!r} ({type(value).__name__})"
         )
     if value < minimum:
-        raise ConfigError(f"model.{key}: must be >= {minimum}, got {value}")
+        raise ConfigError(f"model.{key}{where}: must be >= {minimum}, got {value}")
     return int(value)
 
 
@@ -66,7 +71,9 @@ def per_stage(value: Any, key: str, stages: int, *, minimum: int = 1) -> tuple[i
             f"model.{key}: expected one value per stage ({stages} items) or a scalar, "
             f"got {len(items)} items: {items!r}"
         )
-    return tuple(_positive_int(v, f"{key}[{i}]", minimum=minimum) for i, v in enumerate(items))
+    return tuple(
+        _positive_int(v, f"{key}[{i}]", minimum=minimum, stage=i) for i, v in enumerate(items)
+    )
 
 
 def per_stage_axes(
@@ -149,6 +156,83 @@ def _one_of(value: Any, key: str, allowed: Sequence[str]) -> str:
     return value.lower()
 
 
+def _freeze(value: Any, key: str) -> Any:
+    """Lists → tuples (so a spec is hashable); mappings are refused with the key named."""
+    if isinstance(value, Mapping):
+        raise ConfigError(
+            f"model.{key}: nested mappings are not supported as block arguments; pass "
+            f"scalars or lists, got {dict(value)!r}"
+        )
+    items = _as_list(value)
+    if items is not None:
+        return tuple(_freeze(v, key) for v in items)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    return [_thaw(v) for v in value] if isinstance(value, tuple) else value
+
+
+def is_custom(block: Choice) -> bool:
+    """A user block (named by ``_target_``) rather than one of :data:`BLOCKS`."""
+    return block[0] not in BLOCKS
+
+
+def _import_target(path: str, key: str) -> Any:
+    module, _, attr = path.rpartition(".")
+    if not module:
+        raise ConfigError(
+            f"model.{key}._target_: {path!r} is not a dotted path; write the full import path "
+            "of your block class, e.g. my_package.blocks.SEBlock"
+        )
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"model.{key}._target_: cannot import {path!r} ({type(exc).__name__}: {exc}). Fix: "
+            "make the module importable (installed, or on PYTHONPATH) and check the spelling"
+        ) from None
+
+
+def parse_block(value: Any, key: str) -> Choice:
+    """``plain`` | ``residual`` | ``bottleneck`` | ``mednext`` | ``{_target_: pkg.Cls, **kwargs}``.
+
+    A user block is checked to be importable here (its constructor contract is
+    checked when the network is built, see :mod:`segkit.nn.blocks`).
+    """
+    if isinstance(value, Mapping) and "_target_" in value:
+        target = value["_target_"]
+        if not isinstance(target, str):
+            raise ConfigError(f"model.{key}._target_: expected a dotted path, got {target!r}")
+        _import_target(target, key)
+        kwargs = {
+            str(k): _freeze(v, f"{key}.{k}")
+            for k, v in value.items()
+            if k not in ("_target_", "_partial_", "_convert_", "_recursive_")
+        }
+        return target, tuple(sorted(kwargs.items()))
+    if isinstance(value, str | Mapping):
+        name, kwargs = parse_choice(value, key, BLOCKS)
+        if kwargs:
+            raise ConfigError(
+                f"model.{key}: built-in block {name!r} takes no arguments here, got "
+                f"{dict(kwargs)!r}; set them with their own keys (convs_per_stage, expansion, "
+                "grn, shortcut)"
+            )
+        return name, ()
+    raise ConfigError(
+        f"model.{key}: expected one of {', '.join(BLOCKS)} or {{_target_: my.Block, ...}}, "
+        f"got {value!r}"
+    )
+
+
+def _block_label(block: Choice) -> str:
+    return block[0].rsplit(".", 1)[-1] if is_custom(block) else block[0]
+
+
+_DEFAULT_EXPANSION = {"bottleneck": 4}  # torchvision's ResNet bottleneck; MedNeXt-S uses 2
+
+
 @dataclass(frozen=True)
 class UNetSpec:
     """A fully normalised U-Net: every per-stage setting as explicit per-axis tuples.
@@ -156,7 +240,12 @@ class UNetSpec:
     Stage ``i`` runs at resolution level ``i``; ``strides[i]`` is the
     downsampling into stage ``i`` (``strides[0]`` is all ones). The decoder has
     ``depth − 1`` stages; decoder stage ``i`` upsamples stage ``i + 1`` to the
-    size of encoder stage ``i``.
+    size of encoder stage ``i``, merges the skip (concat or add) and runs
+    ``blocks_per_stage_decoder[i]`` blocks. Encoder stage ``i`` runs
+    ``blocks_per_stage[i]`` blocks, the first of which carries the stride (or
+    follows a pooling layer). ``expansion[i]`` is read by the blocks of stage
+    ``i``; the first block of stage ``i > 0`` reads ``expansion[i − 1]`` (the
+    stage its input comes from), as MedNeXt's down block does.
     """
 
     spatial_dims: int
@@ -170,7 +259,6 @@ class UNetSpec:
     convs_per_stage: tuple[int, ...]
     convs_per_stage_decoder: tuple[int, ...]
     up_kernel_size: tuple[Axes, ...]
-    block: str = "plain"
     norm: Choice = ("instance", ())
     act: Choice = ("leakyrelu", ())
     dropout: float = 0.0
@@ -179,41 +267,29 @@ class UNetSpec:
     interp_mode: str = "linear"
     deep_supervision: bool = False
     conv_bias: bool = True
+    encoder_block: Choice = ("plain", ())
+    decoder_block: Choice = ("plain", ())
+    blocks_per_stage: tuple[int, ...] = ()
+    blocks_per_stage_decoder: tuple[int, ...] = ()
+    expansion: tuple[int, ...] = ()
+    expansion_decoder: tuple[int, ...] = ()
+    grn: bool = False
+    shortcut: str = "conv"
+    skip_merge: str = "concat"
+    stem: str = "none"
+    stem_channels: int | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None = None, **kwargs: Any) -> UNetSpec:
         """Normalise a ``model`` config (mapping and/or keyword arguments)."""
         raw = {**(dict(cfg) if cfg else {}), **kwargs}
-        raw.pop("_target_", None)
-        raw.pop("_convert_", None)
-        known = {
-            "spatial_dims",
-            "in_channels",
-            "out_channels",
-            "depth",
-            "channels",
-            "max_channels",
-            "kernel_size",
-            "strides",
-            "dilation",
-            "convs_per_stage",
-            "convs_per_stage_decoder",
-            "block",
-            "norm",
-            "act",
-            "dropout",
-            "downsample",
-            "upsample",
-            "up_kernel_size",
-            "deep_supervision",
-            "conv_bias",
-            "interp_mode",
-        }
-        unknown = sorted(set(raw) - known)
+        for key in ("_target_", "_convert_", "_recursive_"):
+            raw.pop(key, None)
+        unknown = sorted(set(raw) - KNOWN_KEYS)
         if unknown:
             raise ConfigError(
                 f"model: unknown key(s) {', '.join(unknown)}; "
-                f"known keys: {', '.join(sorted(known))}"
+                f"known keys: {', '.join(sorted(KNOWN_KEYS))}"
             )
         ndim = raw.get("spatial_dims", 3)
         if ndim not in (1, 2, 3) or not _is_int(ndim):
@@ -245,17 +321,41 @@ class UNetSpec:
                 f"strides: [1, 2, 2, ...] ({depth} items)"
             )
         convs = per_stage(raw.get("convs_per_stage", 2), "convs_per_stage", depth)
-        dec_raw = raw.get("convs_per_stage_decoder")
-        if dec_raw is None:
-            convs_dec = convs[: depth - 1]
-        else:
-            convs_dec = per_stage(dec_raw, "convs_per_stage_decoder", depth - 1)
+        convs_dec = _decoder(raw, "convs_per_stage_decoder", depth, convs[: depth - 1])
+        blocks = per_stage(raw.get("blocks_per_stage", 1), "blocks_per_stage", depth)
+        blocks_dec = _decoder(raw, "blocks_per_stage_decoder", depth, (1,) * (depth - 1))
 
+        shorthand = parse_block(raw.get("block", "plain"), "block")
+        enc_block = _maybe(raw, "encoder_block", parse_block) or shorthand
+        dec_block = _maybe(raw, "decoder_block", parse_block) or shorthand
+        exp_raw = raw.get("expansion")
+        if exp_raw is None:
+            exp_raw = _DEFAULT_EXPANSION.get(enc_block[0], 2)
+        expansion = per_stage(exp_raw, "expansion", depth)
+        if raw.get("expansion_decoder") is None and dec_block[0] != enc_block[0]:
+            default_dec = (_DEFAULT_EXPANSION.get(dec_block[0], 2),) * (depth - 1)
+        else:
+            default_dec = expansion[: depth - 1]
+        expansion_dec = _decoder(raw, "expansion_decoder", depth, default_dec)
+
+        upsample = _one_of(raw.get("upsample", "transposed"), "upsample", UPSAMPLES)
         up_raw = raw.get("up_kernel_size")
         if up_raw is None:
-            up_kernel = strides[1:]
+            up_kernel = kernel[1:] if upsample == "mednext" else strides[1:]
         else:
             up_kernel = per_stage_axes(up_raw, "up_kernel_size", depth - 1, ndim)
+
+        stem = raw.get("stem")
+        stem = "none" if stem is None else _one_of(stem, "stem", STEMS)
+        stem_ch = raw.get("stem_channels")
+        if stem == "none":
+            if stem_ch is not None:
+                raise ConfigError(
+                    f"model.stem_channels={stem_ch} but model.stem is none; set model.stem=conv "
+                    "(or conv1x1) or remove stem_channels"
+                )
+        else:
+            stem_ch = channels[0] if stem_ch is None else _positive_int(stem_ch, "stem_channels")
 
         dropout = raw.get("dropout", 0.0)
         if (
@@ -267,7 +367,7 @@ class UNetSpec:
         interp = raw.get("interp_mode", "linear")
         if interp not in ("linear", "nearest"):
             raise ConfigError(f"model.interp_mode: got {interp!r}; allowed: linear, nearest")
-        for key in ("deep_supervision", "conv_bias"):
+        for key in ("deep_supervision", "conv_bias", "grn"):
             if key in raw and not isinstance(raw[key], bool):
                 raise ConfigError(f"model.{key}: expected true or false, got {raw[key]!r}")
         return cls(
@@ -282,20 +382,36 @@ class UNetSpec:
             convs_per_stage=convs,
             convs_per_stage_decoder=tuple(convs_dec),
             up_kernel_size=tuple(up_kernel),
-            block=_one_of(raw.get("block", "plain"), "block", BLOCKS),
             norm=parse_choice(raw.get("norm", "instance"), "norm", NORMS),
             act=parse_choice(raw.get("act", "leakyrelu"), "act", ACTS),
             dropout=float(dropout),
             downsample=_one_of(raw.get("downsample", "conv"), "downsample", DOWNSAMPLES),
-            upsample=_one_of(raw.get("upsample", "transposed"), "upsample", UPSAMPLES),
+            upsample=upsample,
             interp_mode=interp,
             deep_supervision=bool(raw.get("deep_supervision", False)),
             conv_bias=bool(raw.get("conv_bias", True)),
+            encoder_block=enc_block,
+            decoder_block=dec_block,
+            blocks_per_stage=blocks,
+            blocks_per_stage_decoder=tuple(blocks_dec),
+            expansion=expansion,
+            expansion_decoder=tuple(expansion_dec),
+            grn=bool(raw.get("grn", False)),
+            shortcut=_one_of(raw.get("shortcut", "conv"), "shortcut", SHORTCUTS),
+            skip_merge=_one_of(raw.get("skip_merge", "concat"), "skip_merge", SKIP_MERGES),
+            stem=stem,
+            stem_channels=stem_ch,
         )
 
     @property
     def pooling(self) -> bool:
         return self.downsample in ("maxpool", "avgpool")
+
+    @property
+    def block(self) -> str:
+        """Short label of the blocks: ``residual``, or ``residual/plain`` when they differ."""
+        enc, dec = _block_label(self.encoder_block), _block_label(self.decoder_block)
+        return enc if enc == dec or self.depth == 1 else f"{enc}/{dec}"
 
     def act_kwargs(self) -> dict[str, Any]:
         name, kwargs = self.act
@@ -309,7 +425,12 @@ class UNetSpec:
         )
 
     def downsamples(self, stage: int) -> tuple[Downsample, ...]:
-        """Per-axis downsampling into ``stage`` (identity for stage 0)."""
+        """Per-axis downsampling into ``stage`` (identity for stage 0).
+
+        Every block's strided path is "same"-padded (built-in blocks by
+        construction, user blocks by contract, checked when planning), so the
+        stage's kernel describes it exactly.
+        """
         if self.pooling:
             return tuple(Downsample(s, s) for s in self.strides[stage])
         return tuple(
@@ -328,8 +449,74 @@ class UNetSpec:
         d = asdict(self)
         d["norm"] = {"name": self.norm[0], **dict(self.norm[1])}
         d["act"] = {"name": self.act[0], **dict(self.act[1])}
+        for key in ("encoder_block", "decoder_block"):
+            name, kwargs = getattr(self, key)
+            d[key] = (
+                {"_target_": name, **{k: _thaw(v) for k, v in kwargs}}
+                if is_custom((name, kwargs))
+                else name
+            )
         for key in ("kernel_size", "strides", "dilation", "up_kernel_size"):
             d[key] = [list(v) for v in d[key]]
-        for key in ("channels", "convs_per_stage", "convs_per_stage_decoder"):
+        for key in (
+            "channels",
+            "convs_per_stage",
+            "convs_per_stage_decoder",
+            "blocks_per_stage",
+            "blocks_per_stage_decoder",
+            "expansion",
+            "expansion_decoder",
+        ):
             d[key] = list(d[key])
         return d
+
+
+KNOWN_KEYS = frozenset(
+    {
+        "spatial_dims",
+        "in_channels",
+        "out_channels",
+        "depth",
+        "channels",
+        "max_channels",
+        "kernel_size",
+        "strides",
+        "dilation",
+        "convs_per_stage",
+        "convs_per_stage_decoder",
+        "blocks_per_stage",
+        "blocks_per_stage_decoder",
+        "block",
+        "encoder_block",
+        "decoder_block",
+        "expansion",
+        "expansion_decoder",
+        "grn",
+        "shortcut",
+        "skip_merge",
+        "stem",
+        "stem_channels",
+        "norm",
+        "act",
+        "dropout",
+        "downsample",
+        "upsample",
+        "up_kernel_size",
+        "deep_supervision",
+        "conv_bias",
+        "interp_mode",
+    }
+)
+
+
+def _maybe(raw: Mapping[str, Any], key: str, parse: Any) -> Any:
+    value = raw.get(key)
+    return None if value is None else parse(value, key)
+
+
+def _decoder(
+    raw: Mapping[str, Any], key: str, depth: int, default: tuple[int, ...]
+) -> tuple[int, ...]:
+    """A per-decoder-stage key (``depth − 1`` items, stage = resolution level); null → default."""
+    value = raw.get(key)
+    return default if value is None else per_stage(value, key, depth - 1)

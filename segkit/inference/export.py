@@ -106,8 +106,13 @@ class ExportableUNet(nn.Module):
 
     def __init__(self, net: UNet) -> None:
         super().__init__()
+        if net.spec.upsample == "mednext":
+            raise ConfigError(
+                "export: MedNeXt up blocks (model.upsample=mednext) cannot be exported yet; "
+                "export a model with upsample=transposed or interpolate"
+            )
         self.encoder = net.encoder
-        self.blocks = nn.ModuleList(stage.block for stage in net.decoder)
+        self.stages = nn.ModuleList(net.decoder)  # merge (concat or add) + blocks: fuse()
         self.ups = nn.ModuleList(
             _ShapeFreeUp(stage.up)
             if isinstance(stage.up, UpTransposed)
@@ -121,9 +126,9 @@ class ExportableUNet(nn.Module):
         for stage in self.encoder:
             x = stage(x)
             skips.append(x)
-        for i in range(len(self.blocks) - 1, -1, -1):
+        for i in range(len(self.stages) - 1, -1, -1):
             skip = skips[i]
-            x = self.blocks[i](torch.cat((skip, self.ups[i](x, skip)), dim=1))
+            x = self.stages[i].fuse(skip, self.ups[i](x, skip))
         return self.head(x)
 
 

@@ -26,8 +26,25 @@ def conv_transpose(ndim: int) -> type[nn.Module]:
     return _CONV_T[ndim]
 
 
-def pool(name: str, ndim: int, kernel: tuple[int, ...]) -> nn.Module:
-    return _POOL[name][ndim](kernel_size=kernel, stride=kernel)
+def pool(
+    name: str,
+    ndim: int,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...] | None = None,
+    padding: tuple[int, ...] | int = 0,
+    *,
+    dilation: tuple[int, ...] | int = 1,
+    ceil_mode: bool = False,
+) -> nn.Module:
+    """Max or average pooling; ``ceil_mode`` averages only the voxels inside the input."""
+    stride = kernel if stride is None else stride
+    if name == "maxpool":
+        return _POOL[name][ndim](kernel, stride, padding, dilation=dilation, ceil_mode=ceil_mode)
+    if dilation not in (1, (1,) * ndim):
+        raise ValueError("average pooling has no dilation")
+    return _POOL[name][ndim](
+        kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=not ceil_mode
+    )
 
 
 def dropout(p: float, ndim: int) -> nn.Module:

@@ -11,44 +11,121 @@ from torch import nn
 
 from segkit.errors import ShapeError
 from segkit.nn import layers
-from segkit.nn.blocks import UpInterp, UpTransposed, make_block
-from segkit.plan import Plan, plan_unet, unet_min_input_size
+from segkit.nn.blocks import (
+    BlockContext,
+    ConvNormAct,
+    MedNeXtUp,
+    Merge,
+    UpInterp,
+    UpTransposed,
+    build_block,
+)
+from segkit.plan import Plan, plan_unet, stage_sizes, unet_min_input_size
 from segkit.spec import UNetSpec
 
 
+def _stem(spec: UNetSpec) -> nn.Module | None:
+    if spec.stem == "none":
+        return None
+    ctx = BlockContext.of(spec, 0, decoder=False, index=0)
+    if spec.stem == "conv1x1":  # MedNeXt: a bare 1×1 projection
+        return ConvNormAct(
+            ctx, spec.in_channels, spec.stem_channels, kernel=1, norm=False, act=False, bias=True
+        )
+    return ConvNormAct(ctx, spec.in_channels, spec.stem_channels, dropout=False)
+
+
 class EncoderStage(nn.Module):
+    """(stem, stage 0 only) → (pooling) → ``blocks_per_stage[level]`` blocks."""
+
     def __init__(self, spec: UNetSpec, level: int, cin: int) -> None:
         super().__init__()
+        ndim = spec.spatial_dims
         stride = spec.strides[level]
-        self.down: nn.Module = nn.Identity()
+        self.stem = _stem(spec) if level == 0 else None
+        if self.stem is not None:
+            cin = spec.stem_channels
+        self.down: nn.Module | None = None
         if spec.pooling and level > 0:
-            self.down = layers.pool(spec.downsample, spec.spatial_dims, stride)
-            stride = (1,) * spec.spatial_dims
-        self.block = make_block(
-            spec, level, cin, spec.channels[level], spec.convs_per_stage[level], stride
-        )
+            self.down = layers.pool(spec.downsample, ndim, stride)
+            stride = (1,) * ndim
+        cout = spec.channels[level]
+        blocks = []
+        for j in range(spec.blocks_per_stage[level]):
+            ctx = BlockContext.of(spec, level, decoder=False, index=j)
+            blocks.append(
+                build_block(
+                    spec.encoder_block,
+                    "encoder_block",
+                    cin if j == 0 else cout,
+                    cout,
+                    stride if j == 0 else (1,) * ndim,
+                    ctx,
+                )
+            )
+        self.blocks = nn.Sequential(*blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(self.down(x))
+        if self.stem is not None:
+            x = self.stem(x)
+        if self.down is not None:
+            x = self.down(x)
+        return self.blocks(x)
 
 
 class DecoderStage(nn.Module):
+    """Upsampling to the skip's exact size → merge (concat or add) → blocks."""
+
     def __init__(self, spec: UNetSpec, level: int) -> None:
         super().__init__()
+        ndim = spec.spatial_dims
         cin, cout = spec.channels[level + 1], spec.channels[level]
-        up = UpInterp if spec.upsample == "interpolate" else UpTransposed
-        self.up = up(spec, level, cin, cout)
-        self.block = make_block(
-            spec,
-            level,
-            2 * cout,
-            cout,
-            spec.convs_per_stage_decoder[level],
-            (1,) * spec.spatial_dims,
+        downs = spec.downsamples(level + 1)
+        if spec.upsample == "interpolate":
+            self.up: nn.Module = UpInterp(
+                ndim,
+                cin,
+                cout,
+                stride=spec.strides[level + 1],
+                mode=spec.interp_mode,
+                bias=spec.conv_bias,
+            )
+        elif spec.upsample == "mednext":
+            ctx = BlockContext.of(spec, level, decoder=True, index=0)
+            self.up = MedNeXtUp(
+                cin, cout, downs=downs, kernel=spec.up_kernel_size[level], context=ctx
+            )
+        else:
+            self.up = UpTransposed(
+                ndim,
+                cin,
+                cout,
+                downs=downs,
+                kernel=spec.up_kernel_size[level],
+                bias=spec.conv_bias,
+            )
+        self.merge = Merge(spec.skip_merge)
+        merged = 2 * cout if spec.skip_merge == "concat" else cout
+        self.blocks = nn.Sequential(
+            *(
+                build_block(
+                    spec.decoder_block,
+                    "decoder_block",
+                    merged if j == 0 else cout,
+                    cout,
+                    (1,) * ndim,
+                    BlockContext.of(spec, level, decoder=True, index=j),
+                )
+                for j in range(spec.blocks_per_stage_decoder[level])
+            )
         )
 
+    def fuse(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """Merge the skip with the upsampled features and run the blocks."""
+        return self.blocks(self.merge(skip, up))
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.block(torch.cat((skip, self.up(x, skip.shape[2:])), dim=1))
+        return self.fuse(skip, self.up(x, skip.shape[2:]))
 
 
 class UNet(nn.Module):
@@ -80,10 +157,16 @@ class UNet(nn.Module):
         self.heads = nn.ModuleList(
             layers.conv(s.spatial_dims)(s.channels[i], s.out_channels, 1) for i in range(n_heads)
         )
+        for head in self.heads:
+            head.plan_label = "conv 1×1 (logits)"
         self._smallest: dict[tuple[int, ...], int] = {}
+        if any(isinstance(m, nn.Module) and hasattr(m, "segkit_expect") for m in self.modules()):
+            from segkit.nn.trace import verify_blocks
+
+            verify_blocks(s)
 
     def plan(self, input_size: Sequence[int]) -> Plan:
-        """The static plan at ``input_size`` (same arithmetic as :meth:`forward`)."""
+        """The static plan at ``input_size``, read off this architecture on the meta device."""
         return plan_unet(self.spec, input_size)
 
     def check_input(self, size: Sequence[int], batch: int = 2) -> None:
@@ -91,8 +174,8 @@ class UNet(nn.Module):
         key = tuple(int(v) for v in size)
         smallest = self._smallest.get(key)
         if smallest is None:
-            plan = plan_unet(self.spec, key)  # raises ShapeError with the fix
-            smallest = min(math.prod(r.out_size) for r in plan.rows if ".convs." in r.name)
+            sizes = stage_sizes(self.spec, key)  # raises ShapeError with the fix
+            smallest = min(math.prod(s) for s in sizes)
             self._smallest[key] = smallest
         if self.spec.norm[0] == "batch" and self.training and batch * smallest == 1:
             raise ShapeError(
@@ -111,7 +194,8 @@ class UNet(nn.Module):
             raise ShapeError(
                 f"input has {x.shape[1]} channels but model.in_channels={self.spec.in_channels}"
             )
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling():
+        # meta tensors come from the planner, which has checked the size already
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and not x.is_meta:
             self.check_input(x.shape[2:], x.shape[0])
         skips = []
         for stage in self.encoder:

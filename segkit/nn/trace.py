@@ -1,0 +1,449 @@
+"""Plans read off the module itself: the network runs once on the meta device.
+
+A block is written once, as an ``nn.Module`` (:mod:`segkit.nn.blocks`); its rows
+of the plan are derived here by running the whole network on meta tensors (shapes
+only, no memory, no arithmetic): forward hooks give every row's input and output
+size and width, a dispatch mode counts each convolution's FLOPs with PyTorch's
+own formulas (:mod:`torch.utils.flop_counter`), autograd's saved-tensor hooks
+give the activation memory kept for backward, and parameters are the module's.
+A row module only says what it is (``plan_op``: label, kernel, stride, padding).
+
+Rows are, in execution order: modules with ``plan_op`` (segkit's own layers),
+PyTorch leaves that hold parameters or convolve/pool, and any other module that
+does work of its own outside those (e.g. the activation after a residual add, or
+the ops a user block runs in its ``forward``), so every parameter, FLOP and
+saved byte belongs to exactly one row.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
+
+from segkit.errors import ShapeError
+from segkit.shapes import receptive_field
+from segkit.spec import UNetSpec
+
+Size = tuple[int, ...]
+
+_LEAF_ROWS = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.Linear,
+    nn.Upsample,
+)
+_LOCK = threading.Lock()
+
+
+@dataclass
+class TracedRow:
+    """One row of a traced plan (sizes spatial, per sample)."""
+
+    name: str
+    op: str
+    in_size: Size
+    out_size: Size
+    in_channels: int
+    out_channels: int
+    params: int = 0
+    flops: int = 0
+    saved_bytes: int = 0
+    kernel: Size = ()
+    stride: Size = ()
+    padding: tuple[tuple[int, int], ...] = ()
+    output_padding: Size | None = None
+    crop: Size | None = None
+    rf: list[tuple[str, int, int]] | None = None
+
+
+@dataclass
+class Trace:
+    """Everything one meta-device forward pass told about a network."""
+
+    rows: list[TracedRow]
+    output_size: Size
+    params: int
+    flops: int
+    saved_bytes: int
+    receptive_field: Size
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _FlopCounter(TorchDispatchMode):
+    """Counts FLOPs of every aten op PyTorch has a formula for, attributed by ``owner``."""
+
+    def __init__(self, owner: Any) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.owner(int(formula(*args, **kwargs, out_val=out)))
+        return out
+
+
+def _is_leaf_row(module: nn.Module) -> bool:
+    if next(module.children(), None) is not None:
+        return False
+    return isinstance(module, _LEAF_ROWS) or next(module.parameters(False), None) is not None
+
+
+def _row_roots(net: nn.Module) -> dict[nn.Module, str]:
+    roots: dict[nn.Module, str] = {}
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if hasattr(module, "plan_op") or _is_leaf_row(module):
+            roots.setdefault(module, prefix)
+            return
+        for name, child in module.named_children():
+            visit(f"{prefix}.{name}" if prefix else name, child)
+
+    visit("", net)
+    return roots
+
+
+def _axes3(values: Any, ndim: int) -> Size:
+    if isinstance(values, int):
+        return (values,) * ndim
+    return tuple(int(v) for v in values)
+
+
+def _describe_leaf(module: nn.Module, in_size: Size, out_size: Size) -> dict[str, Any]:
+    """Label, kernel, stride and padding of a plain PyTorch leaf."""
+    ndim = len(in_size)
+    label = getattr(module, "plan_label", None)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = _axes3(module.kernel_size, ndim)
+        stride = _axes3(module.stride, ndim)
+        dil = _axes3(module.dilation, ndim)
+        transposed = module.transposed
+        if isinstance(module.padding, str):
+            pads = tuple(
+                ((d * (k - 1)) // 2, d * (k - 1) - (d * (k - 1)) // 2) for k, d in zip(kernel, dil)
+            )
+        else:
+            pads = tuple((p, p) for p in _axes3(module.padding, ndim))
+        if transposed:
+            rf = [("up", d * (k - 1) + 1, s) for k, s, d in zip(kernel, stride, dil)]
+        else:
+            rf = [("down", d * (k - 1) + 1, s) for k, s, d in zip(kernel, stride, dil)]
+        op = "transposed conv" if transposed else "conv"
+        if module.groups > 1 and module.groups == module.in_channels:
+            op += " (depthwise)"
+        return {"op": label or op, "kernel": kernel, "stride": stride, "padding": pads, "rf": rf}
+    if isinstance(module, nn.modules.pooling._MaxPoolNd | nn.modules.pooling._AvgPoolNd):
+        kernel = _axes3(module.kernel_size, ndim)
+        stride = _axes3(module.stride or module.kernel_size, ndim)
+        pad = _axes3(module.padding, ndim)
+        dil = _axes3(getattr(module, "dilation", 1), ndim)
+        # what the input effectively gets at the end (ceil mode pads the last window)
+        pads = tuple(
+            (p, max(p, (o - 1) * s + d * (k - 1) + 1 - n - p))
+            for n, o, k, s, p, d in zip(in_size, out_size, kernel, stride, pad, dil)
+        )
+        op = "maxpool" if isinstance(module, nn.modules.pooling._MaxPoolNd) else "avgpool"
+        rf = [("down", d * (k - 1) + 1, s) for k, s, d in zip(kernel, stride, dil)]
+        return {"op": label or op, "kernel": kernel, "stride": stride, "padding": pads, "rf": rf}
+    return {"op": label or type(module).__name__.lower()}
+
+
+def _shape_of(value: Any) -> torch.Size | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    if isinstance(value, list | tuple) and value and isinstance(value[0], torch.Tensor):
+        return value[0].shape
+    return None
+
+
+def _check_block(block: nn.Module, in_shape: torch.Size, out: Any) -> None:
+    """A user block must give ``out_channels`` × ``ceil(S/stride)``; say so if it does not."""
+    _, want_c, stride, where = block.segkit_expect
+    want = tuple(-(-n // s) for n, s in zip(in_shape[2:], stride))
+    shape = _shape_of(out)
+    got = None if shape is None else (int(shape[1]), tuple(int(v) for v in shape[2:]))
+    if got == (want_c, want):
+        return
+    x = "×".join(map(str, in_shape[2:]))
+    got_s = "not a tensor" if got is None else f"{'×'.join(map(str, got[1]))} × {got[0]} ch"
+    raise ShapeError(
+        f"{where}, stride {'×'.join(map(str, stride))}: input {x} × {in_shape[1]} ch gave "
+        f"{got_s}; the plan needs {'×'.join(map(str, want))} × {want_c} ch (ceil(size/stride) "
+        "per axis, what a 'same'-padded strided conv gives, and out_channels). Fix: pad the "
+        "block's convs by (kernel-1)//2 (context.conv(...) does) and end with out_channels"
+    )
+
+
+def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
+    """Run ``net`` once on a meta tensor of ``input_shape`` (N, C, *S) in training mode.
+
+    FLOPs and saved bytes are per sample (divided by N).
+
+    Raises:
+        ShapeError: a user block (marked ``segkit_expect``) does not land on the size
+            or width the network needs, or fails on the way, naming block and stage.
+    """
+    roots = _row_roots(net)
+    names = {m: n for n, m in net.named_modules()}
+    stack: list[nn.Module] = []
+    order: dict[nn.Module, int] = {}
+    shapes: dict[nn.Module, tuple] = {}
+    flops: dict[nn.Module, int] = {}
+    saved: dict[nn.Module, int] = {}
+    storages: set[int] = set()
+
+    def owner() -> nn.Module:
+        for m in reversed(stack):
+            if m in roots:
+                return m
+        return stack[-1] if stack else net
+
+    def add_flops(n: int) -> None:
+        m = owner()
+        flops[m] = flops.get(m, 0) + n
+
+    def key(t: torch.Tensor) -> int:
+        storage = t.untyped_storage()
+        return storage._cdata if t.device.type == "meta" else storage.data_ptr()
+
+    param_keys = {key(p) for p in net.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        k = key(t)
+        if k not in storages and k not in param_keys:
+            storages.add(k)
+            m = owner()
+            saved[m] = saved.get(m, 0) + t.untyped_storage().nbytes()
+        return t
+
+    def pre(module: nn.Module, args: tuple) -> None:
+        stack.append(module)
+        order.setdefault(module, len(order))
+
+    def post(module: nn.Module, args: tuple, out: Any) -> None:
+        stack.pop()
+        tensors = [a.shape for a in args if isinstance(a, torch.Tensor)]
+        shapes.setdefault(module, (tensors, _shape_of(out)))
+        if hasattr(module, "segkit_expect") and tensors:
+            _check_block(module, tensors[0], out)
+
+    handles = []
+    for m in names:
+        handles.append(m.register_forward_pre_hook(pre))
+        handles.append(m.register_forward_hook(post))
+    was_training = net.training
+    net.train()
+    x = torch.empty(tuple(input_shape), device="meta")
+    try:
+        with (
+            _LOCK,
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            _FlopCounter(add_flops),
+        ):
+            out = net(x)
+    except ShapeError:
+        raise
+    except Exception as exc:
+        blocks = [m for m in stack if hasattr(m, "segkit_expect")]
+        if not blocks:
+            raise
+        raise ShapeError(
+            f"{blocks[-1].segkit_expect[3]}: the block failed on an input of "
+            f"{'×'.join(map(str, shapes.get(blocks[-1], ([x.shape],))[0][0][2:]))} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from exc
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+
+    batch = int(input_shape[0])
+    flops = {m: v // batch for m, v in flops.items()}
+    saved = {m: v // batch for m, v in saved.items()}
+    rows = _rows(net, roots, names, order, shapes, flops, saved)
+    ndim = len(input_shape) - 2
+    chains: list[list[tuple[str, int, int]]] = [[] for _ in range(ndim)]
+    parallel = [n for m, n in names.items() if getattr(m, "parallel_path", False)]
+    for row in rows:
+        if row.rf is None or row.name.startswith("heads."):
+            continue
+        if any(row.name == p or row.name.startswith(p + ".") for p in parallel):
+            continue
+        for a in range(ndim):
+            chains[a].append(row.rf[a])
+    params = sum(p.numel() for p in net.parameters())
+    out_shape = _shape_of(out)
+    return Trace(
+        rows=rows,
+        output_size=tuple(int(v) for v in out_shape[2:]),
+        params=params,
+        flops=sum(flops.values()),
+        saved_bytes=sum(saved.values()),
+        receptive_field=tuple(receptive_field(c) for c in chains),
+    )
+
+
+def _rows(
+    net: nn.Module,
+    roots: dict[nn.Module, str],
+    names: dict[nn.Module, str],
+    order: dict[nn.Module, int],
+    shapes: dict[nn.Module, tuple],
+    flops: dict[nn.Module, int],
+    saved: dict[nn.Module, int],
+) -> list[TracedRow]:
+    inside = {m for root in roots for m in root.modules()}
+    counted: set[int] = set()
+
+    def params_of(module: nn.Module, recurse: bool) -> int:
+        total = 0
+        for p in module.parameters(recurse):
+            if id(p) not in counted:
+                counted.add(id(p))
+                total += p.numel()
+        return total
+
+    owners = [m for m in roots if m in order]
+    owners += [
+        m
+        for m in names
+        if m not in inside
+        and m in order
+        and (flops.get(m) or saved.get(m) or next(m.parameters(False), None) is not None)
+    ]
+    rows = []
+    for m in sorted(owners, key=lambda m: order[m]):
+        tensors, out_shape = shapes[m]
+        i = min(getattr(m, "plan_input", 0), len(tensors) - 1)
+        in_shape = tensors[i] if tensors else out_shape
+        in_size = tuple(int(v) for v in in_shape[2:])
+        out_size = tuple(int(v) for v in out_shape[2:])
+        if m in roots:
+            desc = m.plan_op(in_size, out_size) if hasattr(m, "plan_op") else None
+            desc = desc or _describe_leaf(m, in_size, out_size)
+            n_params = params_of(m, True)
+        else:
+            desc = {"op": getattr(m, "plan_label", None) or type(m).__name__.lower()}
+            n_params = params_of(m, False)
+        name = names[m] or type(net).__name__
+        rows.append(
+            TracedRow(
+                name=name,
+                op=desc["op"],
+                in_size=in_size,
+                out_size=out_size,
+                in_channels=int(in_shape[1]),
+                out_channels=int(out_shape[1]),
+                params=n_params,
+                flops=flops.get(m, 0),
+                saved_bytes=saved.get(m, 0),
+                kernel=tuple(desc.get("kernel", ())),
+                stride=tuple(desc.get("stride", ())),
+                padding=tuple(desc.get("padding", ())),
+                output_padding=desc.get("output_padding"),
+                crop=desc.get("crop"),
+                rf=desc.get("rf"),
+            )
+        )
+    return rows
+
+
+@functools.lru_cache(maxsize=8)
+def meta_unet(spec: UNetSpec) -> nn.Module:
+    """The network of ``spec`` on the meta device (no memory), cached per spec."""
+    from segkit.nn.unet import UNet
+
+    with torch.device("meta"):
+        return UNet(spec)
+
+
+def trace_unet(spec: UNetSpec, size: Sequence[int]) -> Trace:
+    """:func:`trace` of the network of ``spec`` at ``size``, per sample.
+
+    Batch norm refuses one value per channel in training, so a net that shrinks to
+    one voxel is traced with a batch of two and the totals halved.
+    """
+    from segkit.plan import stage_sizes
+
+    batch = 1
+    if spec.norm[0] == "batch" and min(math.prod(s) for s in stage_sizes(spec, size)) == 1:
+        batch = 2
+    return trace(meta_unet(spec), (batch, spec.in_channels, *size))
+
+
+@functools.lru_cache(maxsize=32)
+def verify_blocks(spec: UNetSpec) -> None:
+    """Check every user block of ``spec`` against the contract before anything runs.
+
+    Each distinct (stage, stride, width) a user block is built with runs on a few
+    sizes per axis (``s``, ``s+1``, ``2s+1``, ``3s+2``) on the meta device (on a tiny
+    CPU tensor if the block cannot run on meta).
+
+    Raises:
+        ShapeError: naming the block, the stage, the sizes received and needed.
+    """
+    from segkit.nn.unet import DecoderStage, EncoderStage
+
+    with torch.device("meta"):
+        stages = [
+            EncoderStage(spec, i, spec.in_channels if i == 0 else spec.channels[i - 1])
+            for i in range(spec.depth)
+        ]
+        stages += [DecoderStage(spec, i) for i in range(spec.depth - 1)]
+    seen = set()
+    for stage in stages:
+        for block in stage.blocks:
+            if not hasattr(block, "segkit_expect"):
+                continue
+            cin, _, stride, where = block.segkit_expect
+            if (where, stride, cin) in seen:
+                continue
+            seen.add((where, stride, cin))
+            for k in range(4):
+                size = tuple((s, s + 1, 2 * s + 1, 3 * s + 2)[k] for s in stride)
+                _run_block(block, cin, size)
+
+
+def _run_block(block: nn.Module, cin: int, size: Size) -> None:
+    x = torch.empty((1, cin, *size), device="meta")
+    try:
+        out = block(x)
+    except NotImplementedError:
+        block = _cpu_copy(block)
+        x = torch.zeros((1, cin, *size))
+        try:
+            out = block(x)
+        except Exception as exc:
+            raise _failed(block, size, exc) from exc
+    except Exception as exc:
+        raise _failed(block, size, exc) from exc
+    _check_block(block, x.shape, out)
+
+
+def _cpu_copy(block: nn.Module) -> nn.Module:
+    return block.to_empty(device="cpu")
+
+
+def _failed(block: nn.Module, size: Size, exc: Exception) -> ShapeError:
+    return ShapeError(
+        f"{block.segkit_expect[3]}: the block failed on an input of {'×'.join(map(str, size))} "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). A "
+        "block must accept every size and give ceil(size/stride) per axis"
+    )
+
+
+__all__ = ["Trace", "TracedRow", "meta_unet", "trace", "trace_unet", "verify_blocks"]
