@@ -84,23 +84,30 @@ class PredictOptions:
         )
 
     def settings(self, model: LoadedModel) -> tuple[InferenceSettings, str]:
-        """The engine settings for ``model`` and where overlap/window came from."""
+        """The engine settings for ``model`` and where its overlap and window came from."""
         cal = model.calibration or {}
-        overlap, scale, source = self.overlap, self.window_scale, "given"
-        if overlap is None or scale is None:
-            source = (
-                f"measured at the end of training (mean Dice {cal['dice_mean']:.4f})"
-                if cal and cal.get("dice_mean") is not None
-                else "default"
-            )
-        if overlap is None:
-            overlap = cal.get("overlap", 0.5)
-        if scale is None:
-            scale = cal.get("window_scale", 1.0)
+        measured = (
+            f"measured at the end of training (mean Dice {cal['dice_mean']:.4f})"
+            if cal.get("dice_mean") is not None
+            else "measured at the end of training"
+        )
+
+        def pick(given: float | None, key: str, default: float) -> tuple[float, str]:
+            if given is not None:
+                return float(given), "given"
+            if key in cal:
+                return float(cal[key]), measured
+            return default, "default"
+
+        overlap, o_src = pick(self.overlap, "overlap", 0.5)
+        scale, w_src = pick(self.window_scale, "window_scale", 1.0)
+        source = (
+            f"overlap/window: {o_src}" if o_src == w_src else f"overlap: {o_src}; window: {w_src}"
+        )
         settings = InferenceSettings(
             mode=self.mode,
-            overlap=float(overlap),
-            window_scale=float(scale),
+            overlap=overlap,
+            window_scale=scale,
             sw_batch_size=self.sw_batch_size,
             tta=self.tta,
         )
@@ -397,7 +404,7 @@ def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> st
     for n, (decision, source) in enumerate(decisions):
         text = decision.describe()
         if decision.mode == "sliding":
-            text += f" [overlap/window: {source}]"
+            text += f" [{source}]"
         parts.append(text if len(decisions) == 1 else f"ckpt {n}: {text}")
     return f"{case_id}: " + "; ".join(parts)
 

@@ -146,7 +146,7 @@ def test_each_case_says_what_inference_ran_and_why(ckpt, tmp_path):
         report=lines.append,
     )
     assert re.match(r"big: sliding window \d+×\d+×\d+ over \d+×\d+×\d+, overlap 0.25,", lines[0])
-    assert lines[0].endswith("(mode=sliding) [overlap/window: given]")
+    assert lines[0].endswith("(mode=sliding) [overlap: given; window: default]")
 
 
 def test_the_measured_setting_in_a_checkpoint_is_the_default(ckpt, tmp_path):
@@ -178,7 +178,9 @@ def test_fold_ensemble_averages_probabilities(ckpt, tmp_path):
 
     from tests.inference.conftest import make_checkpoint
 
-    other = make_checkpoint(tmp_path / "runs" / "1" / "checkpoints" / "best.ckpt", epochs=1)
+    other = make_checkpoint(
+        tmp_path / "runs" / "1" / "checkpoints" / "best.ckpt", epochs=1, norm="instance"
+    )
     (tmp_path / "runs" / "0" / "checkpoints").mkdir(parents=True)
     shutil.copy(ckpt, tmp_path / "runs" / "0" / "checkpoints" / "best.ckpt")
     src = write_image(tmp_path / "in" / "a.nii.gz", shape=(33, 27, 15))
@@ -194,9 +196,9 @@ def test_fold_ensemble_averages_probabilities(ckpt, tmp_path):
         return np.load(tmp_path / out / "a.npz")["probabilities"].astype(np.float64)
 
     p0, p1 = probs(ckpt, "o0"), probs(other, "o1")
-    assert np.abs(p0 - p1).max() > 1e-2  # two different models
+    assert np.abs(p0 - p1).max() > 0.05  # two different models
     both = probs(f"{ckpt},{other}", "o01")
-    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=2e-3)  # float16 on disk
+    np.testing.assert_allclose(both, (p0 + p1) / 2, atol=1.5e-3)  # float16 on disk
     folder = probs(tmp_path / "runs", "omulti")  # the multirun directory of two folds
     np.testing.assert_allclose(folder, both, atol=1e-3)
 
