@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +106,45 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return dict(ckpt)
 
 
-def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> LoadedModel:
+def _targets(value: Any) -> list[str]:
+    if isinstance(value, Mapping):
+        found = [str(value["_target_"])] if "_target_" in value else []
+        return found + [t for v in value.values() for t in _targets(v)]
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _targets(v)]
+    return []
+
+
+def _check_targets(path: Path, model: Any, trusted: Sequence[str]) -> None:
+    """A checkpoint may name user block classes; importing one runs its module's code.
+
+    segkit's own classes are always allowed; any other needs the user's explicit trust.
+    """
+    foreign = sorted(
+        {t for t in _targets(model) if not t.startswith("segkit.") and t not in set(trusted)}
+    )
+    if foreign:
+        raise ConfigError(
+            f"ckpt={path}: its model names class(es) outside segkit ({', '.join(foreign)}); "
+            "building it would import and run that code. Fix: if you trust the checkpoint "
+            f"and the code, pass trust={','.join(foreign)} (segkit predict/export) or "
+            "trusted_targets=[...] (load_model)."
+        )
+
+
+def load_model(
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    trusted_targets: Sequence[str] = (),
+) -> LoadedModel:
     """Rebuilds the trained U-Net and its settings from a checkpoint alone.
 
     Args:
         path: a ``.ckpt`` written by segkit's training.
         device: where the network is put.
+        trusted_targets: user block classes (``pkg.module.Class``) the checkpoint's model
+            may import; segkit's own are always allowed, nothing else is imported.
 
     Raises:
         ConfigError: the file is unsafe, unreadable or not a segkit checkpoint.
@@ -125,6 +158,7 @@ def load_model(path: str | Path, *, device: torch.device | str = "cpu") -> Loade
     missing = [k for k in ("model", "patch_size") if k not in hp]
     if missing:
         raise _not_segkit(path, f"hyper_parameters lack {', '.join(missing)}")
+    _check_targets(path, hp["model"], trusted_targets)
     try:
         spec = UNetSpec.from_config(dict(hp["model"]))
     except SegkitError as err:

@@ -26,6 +26,7 @@ mode=auto (default) runs the whole volume only where that gives the sliding wind
 answer, else a Gaussian sliding window of the training patch; overlap and window_scale
 default to the setting measured on the validation fold at the end of training (stored
 in the checkpoint), else 0.5 and 1. One line per case says what ran and why.
+trust=pkg.module.Block[,...]: user block classes a checkpoint may import (their code runs).
 """
 
 EXPORT_HELP = """\
@@ -101,6 +102,10 @@ def parse_kv(
     return out
 
 
+def _trusted(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from segkit.inference.predict import PredictOptions, predict
 
@@ -118,12 +123,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "device": _as_str,
             "sw_batch_size": _as_number(int),
             "progress": _as_bool,
+            "trust": _as_str,
         },
         required=("ckpt", "input", "output"),
         command="predict",
     )
     paths = {k: kv.pop(k) for k in ("ckpt", "input", "output")}
-    written = predict(**paths, options=PredictOptions(**kv))
+    trusted = _trusted(kv.pop("trust", ""))
+    written = predict(**paths, options=PredictOptions(**kv), trusted_targets=trusted)
     print(f"wrote {len(written)} prediction(s) to {paths['output']}")
     return 0
 
@@ -140,11 +147,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             "output": _as_str,
             "check": _as_bool,
             "tolerance": _as_number(float),
+            "trust": _as_str,
         },
         required=("ckpt", "format", "output"),
         command="export",
     )
-    model = load_model(kv["ckpt"])
+    model = load_model(kv["ckpt"], trusted_targets=_trusted(kv.get("trust", "")))
     checks = export_model(
         model.net,
         fmt=kv["format"],

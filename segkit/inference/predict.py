@@ -416,6 +416,7 @@ def predict(
     output: str | Path,
     options: PredictOptions | None = None,
     report: Callable[[str], None] | None = None,
+    trusted_targets: Sequence[str] = (),
 ) -> list[Path]:
     """Predicts every case under ``input`` and writes one label NIfTI per case.
 
@@ -433,6 +434,8 @@ def predict(
         options: mode, overlap, window, TTA, device, ...
         report: called with one line per case saying what inference ran and why
             (default: print).
+        trusted_targets: user block classes the checkpoints may import (see
+            :func:`~segkit.inference.checkpoint.load_model`).
 
     Returns:
         The written label files.
@@ -443,7 +446,10 @@ def predict(
     """
     opts = options or PredictOptions()
     device = resolve_device(opts.device)
-    models = [load_model(p, device=device) for p in resolve_checkpoints(ckpt)]
+    models = [
+        load_model(p, device=device, trusted_targets=trusted_targets)
+        for p in resolve_checkpoints(ckpt)
+    ]
     for model in models:
         if model.preprocessor is None:
             raise ConfigError(

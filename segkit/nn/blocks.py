@@ -367,6 +367,10 @@ class BottleneckBlock(nn.Module):
 class GRN(nn.Module):
     """Global response normalisation (ConvNeXt V2), as MedNeXt uses it after the expansion."""
 
+    # its L2 norm runs over the whole input: a whole volume answers unlike the training
+    # patches (segkit.inference.engine.extent_dependence)
+    depends_on_extent = True
+
     def __init__(self, channels: int, spatial_dims: int) -> None:
         super().__init__()
         shape = (1, channels) + (1,) * spatial_dims

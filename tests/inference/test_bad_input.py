@@ -145,3 +145,19 @@ def test_lightning_checkpoint_loads_weights_only(ckpt, tmp_path):
     assert model.spec.in_channels == 1 and model.patch_size == (16, 16, 12)
     assert not model.net.training
     assert model.label_names == {0: "background", 1: "low", 2: "high"}
+
+
+def test_checkpoint_naming_a_foreign_block_class_is_not_imported(ckpt, tmp_path, monkeypatch):
+    # a "block" module whose import would create a marker file
+    marker = tmp_path / "imported"
+    (tmp_path / "evilblock.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).mkdir()\nclass Block: pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["model"]["encoder_block"] = {"_target_": "evilblock.Block"}
+    bad = tmp_path / "foreign.ckpt"
+    torch.save(state, bad)
+    with pytest.raises(ConfigError, match=r"outside segkit \(evilblock.Block\).*trust="):
+        load_model(bad)
+    assert not marker.exists()
