@@ -190,7 +190,6 @@ def model_from_plans(
         fam.update(model)
         fam["blocks_per_stage"] = blocks
         fam["convs_per_stage_decoder"] = dec
-        fam.pop("convs_per_stage", None)
         if "blocks_per_stage_decoder" in fam:
             fam["blocks_per_stage_decoder"] = 1
         return fam, cls

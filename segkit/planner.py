@@ -224,12 +224,15 @@ class LevelModel:
         per_level = [0.0] * len(sizes)
         heads, tensors = [], []
         attributed = 0
+        # Row ``saved`` counts fp32 elements (rows described by formula) or bytes (rows traced
+        # with autograd's hooks, which sum to the plan's total).
+        unit = 4 if 4 * sum(r.saved for r in plan.rows) <= plan.activation_bytes else 1
         for r in plan.rows:
             level = index.get(tuple(r.out_size))
             if level is None:
                 return None
-            per_level[level] += 4 * r.saved / math.prod(r.out_size)
-            attributed += 4 * r.saved
+            per_level[level] += unit * r.saved / math.prod(r.out_size)
+            attributed += unit * r.saved
             tensors.append((level, r.out_channels))
             if "logits" in r.op:
                 heads.append((level, r.out_channels))

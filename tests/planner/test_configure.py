@@ -1,0 +1,104 @@
+"""``segkit configure``, ``planner=auto`` at train start-up, and ``segkit plan -m`` with it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from segkit.cli import main
+from segkit.config import compose
+from tests.planner.conftest import DATA
+
+CASES = [((26, 30, 22), (1.0, 1.0, 1.0), None)] * 2 + [((28, 30, 20), (1.0, 1.0, 1.0), None)] * 3
+
+
+def test_configure_json_has_the_planned_keys(make_dataset, capsys):
+    root = make_dataset(CASES)
+    assert main(["configure", "--json", f"data.root={root}", "model=unet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in (
+        "data.target_spacing",
+        "data.patch_size",
+        "data.batch_size",
+        "model.depth",
+        "model.strides",
+        "model.kernel_size",
+        "model.channels",
+        "estimated_memory_gb",
+    ):
+        assert key in out, key
+    assert out["data.patch_size"] == [26, 30, 22]  # the whole median case
+    assert out["data.target_spacing"] == [1.0, 1.0, 1.0]
+    assert len(out["model.strides"]) == out["model.depth"] == len(out["model.kernel_size"])
+    assert 0 < out["estimated_memory_gb"] <= 8
+    assert out["axis_order"] == "RAS"
+
+
+def test_configure_prints_decisions_fragment_and_plan(make_dataset, capsys):
+    root = make_dataset(CASES)
+    assert main(["configure", f"data.root={root}", "planner.memory_gb=2"]) == 0
+    out = capsys.readouterr().out
+    assert "decisions:" in out and "the whole median case" in out
+    assert "config fragment:" in out and "patch_size: [26,30,22]" in out
+    assert "min input size" in out  # the plan table
+
+
+def test_configure_imports_nnunet_plans(capsys):
+    plans = DATA / "Dataset005_Prostate" / "nnUNetPlans.json"
+    assert main(["configure", "--json", f"plans={plans}", "configuration=3d_fullres"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data.patch_size"] == [256, 320, 20] and out["data.batch_size"] == 2
+    assert out["model.depth"] == 7
+
+
+def test_configure_reads_an_nnunet_fingerprint(capsys):
+    fp = DATA / "Dataset005_Prostate" / "dataset_fingerprint.json"
+    assert main(["configure", "--json", f"fingerprint={fp}", "model=unet"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["data.target_spacing"] == [0.62, 0.62, 3.6]
+    assert out["model.kernel_size"][0] == [3, 3, 1]
+    assert out["estimated_memory_gb"] <= 8
+
+
+def test_budget_too_small_is_one_clear_line(make_dataset, capsys):
+    root = make_dataset(CASES)
+    assert main(["configure", f"data.root={root}", "model=unet", "planner.memory_gb=0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "too small" in err and "Fix: planner.memory_gb=" in err and "Traceback" not in err
+
+
+def test_plan_multirun_works_with_planner_auto(make_dataset, capsys):
+    root = make_dataset(CASES)
+    args = ["plan", "-m", "planner=auto", f"data.root={root}", "model.depth=2,3"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("feasible") == 2 and "infeasible" not in out
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_train_plans_at_start_up_and_records_the_resolved_values(make_dataset, tmp_path):
+    from segkit.training.run import train
+
+    root = make_dataset(CASES)
+    out_dir = tmp_path / "run"
+    overrides = [
+        "planner=auto",
+        f"data.root={root}",
+        "data.batch_size=2",  # explicit: the planner keeps it
+        "trainer.accelerator=cpu",
+        "trainer.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+        "data.num_workers=0",
+        "data.samples_per_epoch=4",
+        "print_plan=false",
+        f"paths.output_dir={out_dir}",
+    ]
+    cfg = compose(overrides, hydra_config=True)
+    _, metrics = train(cfg)
+    planned = json.loads((out_dir / "planner.json").read_text())
+    assert planned["data.patch_size"] == [26, 30, 22] == metrics["patch_size"]
+    assert planned["data.batch_size"] == 2 and "data.batch_size" in planned["explicit_overrides"]
+    assert list(cfg.data.patch_size) == [26, 30, 22]
+    assert "decisions" in planned and (out_dir / "planner.txt").is_file()
