@@ -28,7 +28,7 @@ def test_configure_json_has_the_planned_keys(make_dataset, capsys):
         "estimated_memory_gb",
     ):
         assert key in out, key
-    assert out["data.patch_size"] == [26, 30, 22]  # the whole median case
+    assert out["data.patch_size"] == [28, 30, 20]  # the whole median case
     assert out["data.target_spacing"] == [1.0, 1.0, 1.0]
     assert len(out["model.strides"]) == out["model.depth"] == len(out["model.kernel_size"])
     assert 0 < out["estimated_memory_gb"] <= 8
@@ -40,7 +40,7 @@ def test_configure_prints_decisions_fragment_and_plan(make_dataset, capsys):
     assert main(["configure", f"data.root={root}", "planner.memory_gb=2"]) == 0
     out = capsys.readouterr().out
     assert "decisions:" in out and "the whole median case" in out
-    assert "config fragment:" in out and "patch_size: [26,30,22]" in out
+    assert "config fragment:" in out and "patch_size: [28,30,20]" in out
     assert "min input size" in out  # the plan table
 
 
@@ -70,7 +70,7 @@ def test_budget_too_small_is_one_clear_line(make_dataset, capsys):
 
 def test_plan_multirun_works_with_planner_auto(make_dataset, capsys):
     root = make_dataset(CASES)
-    args = ["plan", "-m", "planner=auto", f"data.root={root}", "model.depth=2,3"]
+    args = ["plan", "-m", "planner=auto", "data=msd", f"data.root={root}", "model.depth=2,3"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("feasible") == 2 and "infeasible" not in out
@@ -84,8 +84,11 @@ def test_train_plans_at_start_up_and_records_the_resolved_values(make_dataset, t
     out_dir = tmp_path / "run"
     overrides = [
         "planner=auto",
+        "data=msd",
         f"data.root={root}",
         "data.batch_size=2",  # explicit: the planner keeps it
+        "model.channels=4",
+        "model.max_channels=16",
         "trainer.accelerator=cpu",
         "trainer.max_epochs=1",
         "++trainer.limit_train_batches=2",
@@ -98,7 +101,7 @@ def test_train_plans_at_start_up_and_records_the_resolved_values(make_dataset, t
     cfg = compose(overrides, hydra_config=True)
     _, metrics = train(cfg)
     planned = json.loads((out_dir / "planner.json").read_text())
-    assert planned["data.patch_size"] == [26, 30, 22] == metrics["patch_size"]
+    assert planned["data.patch_size"] == [28, 30, 20] == metrics["patch_size"]
     assert planned["data.batch_size"] == 2 and "data.batch_size" in planned["explicit_overrides"]
-    assert list(cfg.data.patch_size) == [26, 30, 22]
+    assert list(cfg.data.patch_size) == [28, 30, 20]
     assert "decisions" in planned and (out_dir / "planner.txt").is_file()
