@@ -43,7 +43,7 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def _case(rng: np.random.Generator, *, with_label: bool) -> tuple[np.ndarray, np.ndarray]:
+def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     shape = (_odd(rng, 49, 79), _odd(rng, 49, 79), _odd(rng, 35, 47))
     mm = [(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, SPACING)]
     coords = np.stack(np.meshgrid(*mm, indexing="ij"), axis=-1).astype(np.float32)
@@ -74,7 +74,7 @@ def _case(rng: np.random.Generator, *, with_label: bool) -> tuple[np.ndarray, np
     bias = np.exp(0.1 * (coords @ grad.astype(np.float32)) + 0.05 * _smooth_noise(rng, shape, 10))
     image = image * bias + rng.normal(0, 5.0, size=shape).astype(np.float32)
     image[~body] = 0.0
-    return image.astype(np.float32), (label if with_label else label * 0)
+    return image.astype(np.float32), label
 
 
 def _affine(shape: tuple) -> np.ndarray:
@@ -97,7 +97,8 @@ def make_demo(root: Path = Path("data/demo"), *, num_cases: int = 12, seed: int 
     Args:
         root: Target directory; created atomically (built in a temporary sibling,
             then renamed). Returned unchanged if it already holds a dataset.json.
-        num_cases: Labelled training cases (3 unlabelled test cases are added).
+        num_cases: Labelled training cases; 3 test cases are added (imagesTs/, with
+            their labels in labelsTs/ for evaluating predictions, not listed in dataset.json).
         seed: Seed; the output is identical for identical arguments.
 
     Returns:
@@ -117,17 +118,20 @@ def make_demo(root: Path = Path("data/demo"), *, num_cases: int = 12, seed: int 
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
-        for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir()
         rng = np.random.default_rng(seed)
         training, test = [], []
         for i in range(num_cases + 3):
             is_test = i >= num_cases
-            image, label = _case(rng, with_label=not is_test)
+            image, label = _case(rng)
             name = f"demo_{i:03d}.nii.gz"
             affine = _affine(image.shape)
             if is_test:
+                # held-out cases: never trained or validated on; labelsTs lets
+                # `segkit evaluate` score predictions of imagesTs
                 _save(tmp / "imagesTs" / name, image, affine)
+                _save(tmp / "labelsTs" / name, label, affine)
                 test.append(f"./imagesTs/{name}")
                 continue
             _save(tmp / "imagesTr" / name, image, affine)

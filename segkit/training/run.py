@@ -100,6 +100,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     pl.seed_everything(cfg.seed, workers=True)
 
     dm, spec, plan, info = prepare(cfg)
+    log.info("%s", composition(cfg))
     (out_dir / "plan.txt").write_text(plan.table() + "\n")
     if cfg.get("print_plan", True):
         print(plan.table(), flush=True)

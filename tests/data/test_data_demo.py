@@ -57,3 +57,13 @@ def test_demo_refuses_foreign_directory(tmp_path):
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(DataError, match="holds no dataset.json"):
         make_demo(tmp_path / "busy")
+
+
+def test_demo_test_cases_have_labels_for_evaluation(demo_root):
+    ds = read_dataset(demo_root)
+    for case in ds.test:
+        image = nib.load(str(case.images[0]))
+        label = nib.load(str(demo_root / "labelsTs" / case.images[0].name))
+        assert label.shape == image.shape
+        np.testing.assert_allclose(label.affine, image.affine)
+        assert set(np.unique(np.asarray(label.dataobj))) == {0, 1, 2, 3}
