@@ -3,9 +3,10 @@
 A block is written once, as an ``nn.Module`` (:mod:`segkit.nn.blocks`); its rows
 of the plan are derived here by running the whole network on meta tensors (shapes
 only, no memory, no arithmetic): forward hooks give every row's input and output
-size and width, a dispatch mode counts each convolution's FLOPs with PyTorch's
-own formulas (:mod:`torch.utils.flop_counter`), autograd's saved-tensor hooks
-give the activation memory kept for backward, and parameters are the module's.
+size and width, the autograd graph's convolution and matrix-product nodes give
+the FLOPs (from the input and weight each keeps, the weight naming its owner),
+autograd's saved-tensor hooks give the activation memory kept for backward, and
+parameters are the module's.
 A row module only says what it is (``plan_op``: label, kernel, stride, padding).
 
 Rows are, in execution order: modules with ``plan_op`` (segkit's own layers),
@@ -26,11 +27,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
 
 from segkit.errors import ShapeError
-from segkit.shapes import receptive_field
+from segkit.shapes import conv_out, receptive_field
 from segkit.spec import UNetSpec
 
 Size = tuple[int, ...]
@@ -81,20 +80,42 @@ class Trace:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class _FlopCounter(TorchDispatchMode):
-    """Counts FLOPs of every aten op PyTorch has a formula for, attributed by ``owner``."""
+def _graph_flops(outputs: list[torch.Tensor], weight_owner: Any) -> None:
+    """FLOPs of every convolution and matrix product in the autograd graph of ``outputs``.
 
-    def __init__(self, owner: Any) -> None:
-        super().__init__()
-        self.owner = owner
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        formula = flop_registry.get(func._overloadpacket)
-        if formula is not None:
-            self.owner(int(formula(*args, **kwargs, out_val=out)))
-        return out
+    Each op's node keeps its input and weight (for backward), which is all the count
+    needs (PyTorch's own convention: 2 FLOPs per multiply-add, bias not counted); the
+    weight, a parameter, tells whose op it was.
+    """
+    seen: set[int] = set()
+    todo = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        todo += [n for n, _ in node.next_functions if n is not None]
+        kind = type(node).__name__
+        if kind.startswith("ConvolutionBackward"):
+            x, w = node._saved_input, node._saved_weight
+            if node._saved_transposed:
+                spatial = math.prod(x.shape[2:])
+            else:
+                spatial = math.prod(
+                    conv_out(n, k, s, p, p, d)
+                    for n, k, s, p, d in zip(
+                        x.shape[2:],
+                        w.shape[2:],
+                        node._saved_stride,
+                        node._saved_padding,
+                        node._saved_dilation,
+                    )
+                )
+            weight_owner(w, 2 * x.shape[0] * spatial * math.prod(w.shape))
+        elif kind.startswith("AddmmBackward") or kind.startswith("MmBackward"):
+            a, b = node._saved_mat1, node._saved_mat2
+            if a is not None and b is not None:
+                weight_owner(b, 2 * a.shape[0] * a.shape[1] * b.shape[1])
 
 
 def _is_leaf_row(module: nn.Module) -> bool:
@@ -212,15 +233,22 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
                 return m
         return stack[-1] if stack else net
 
-    def add_flops(n: int) -> None:
-        m = owner()
-        flops[m] = flops.get(m, 0) + n
-
     def key(t: torch.Tensor) -> int:
         storage = t.untyped_storage()
         return storage._cdata if t.device.type == "meta" else storage.data_ptr()
 
     param_keys = {key(p) for p in net.parameters()}
+    param_owner: dict[int, nn.Module] = {}
+    for m in names:
+        for p in m.parameters(recurse=False):
+            param_owner[key(p)] = m
+    for root in roots:
+        for p in root.parameters():
+            param_owner[key(p)] = root
+
+    def add_flops(weight: torch.Tensor, n: int) -> None:
+        m = param_owner.get(key(weight), net)
+        flops[m] = flops.get(m, 0) + n
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         k = key(t)
@@ -230,16 +258,18 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
             saved[m] = saved.get(m, 0) + t.untyped_storage().nbytes()
         return t
 
+    inputs: dict[nn.Module, list[torch.Size]] = {}
+
     def pre(module: nn.Module, args: tuple) -> None:
         stack.append(module)
         order.setdefault(module, len(order))
+        inputs.setdefault(module, [a.shape for a in args if isinstance(a, torch.Tensor)])
 
     def post(module: nn.Module, args: tuple, out: Any) -> None:
         stack.pop()
-        tensors = [a.shape for a in args if isinstance(a, torch.Tensor)]
-        shapes.setdefault(module, (tensors, _shape_of(out)))
-        if hasattr(module, "segkit_expect") and tensors:
-            _check_block(module, tensors[0], out)
+        shapes.setdefault(module, (inputs[module], _shape_of(out)))
+        if hasattr(module, "segkit_expect") and inputs[module]:
+            _check_block(module, inputs[module][0], out)
 
     handles = []
     for m in names:
@@ -249,12 +279,10 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
     net.train()
     x = torch.empty(tuple(input_shape), device="meta")
     try:
-        with (
-            _LOCK,
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-            _FlopCounter(add_flops),
-        ):
+        with _LOCK, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = net(x)
+            outputs = out if isinstance(out, list | tuple) else [out]
+            _graph_flops([o for o in outputs if isinstance(o, torch.Tensor)], add_flops)
     except ShapeError:
         raise
     except Exception as exc:
@@ -263,7 +291,7 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
             raise
         raise ShapeError(
             f"{blocks[-1].segkit_expect[3]}: the block failed on an input of "
-            f"{'×'.join(map(str, shapes.get(blocks[-1], ([x.shape],))[0][0][2:]))} "
+            f"{'×'.join(map(str, inputs[blocks[-1]][0][2:]))} "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         ) from exc
     finally:
@@ -371,11 +399,13 @@ def meta_unet(spec: UNetSpec) -> nn.Module:
         return UNet(spec)
 
 
-def trace_unet(spec: UNetSpec, size: Sequence[int]) -> Trace:
+@functools.lru_cache(maxsize=64)
+def trace_unet(spec: UNetSpec, size: tuple[int, ...]) -> Trace:
     """:func:`trace` of the network of ``spec`` at ``size``, per sample.
 
     Batch norm refuses one value per channel in training, so a net that shrinks to
-    one voxel is traced with a batch of two and the totals halved.
+    one voxel is traced with a batch of two and the totals halved. Cached per
+    (spec, size): a meta forward costs milliseconds per layer.
     """
     from segkit.plan import stage_sizes
 
@@ -390,8 +420,9 @@ def verify_blocks(spec: UNetSpec) -> None:
     """Check every user block of ``spec`` against the contract before anything runs.
 
     Each distinct (stage, stride, width) a user block is built with runs on a few
-    sizes per axis (``s``, ``s+1``, ``2s+1``, ``3s+2``) on the meta device (on a tiny
-    CPU tensor if the block cannot run on meta).
+    sizes per axis (``s+1``, ``2s+1``, ``3s+2``, ``4s+3``: every remainder, and at
+    least two output voxels) on the meta device (on a tiny CPU tensor if the block
+    cannot run on meta).
 
     Raises:
         ShapeError: naming the block, the stage, the sizes received and needed.
@@ -413,8 +444,10 @@ def verify_blocks(spec: UNetSpec) -> None:
             if (where, stride, cin) in seen:
                 continue
             seen.add((where, stride, cin))
+            block.eval()  # shapes only; batch statistics of one sample are not the point
             for k in range(4):
-                size = tuple((s, s + 1, 2 * s + 1, 3 * s + 2)[k] for s in stride)
+                # every remainder mod s, and at least two output voxels (norms need them)
+                size = tuple((s + 1, 2 * s + 1, 3 * s + 2, 4 * s + 3)[k] for s in stride)
                 _run_block(block, cin, size)
 
 

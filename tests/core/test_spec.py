@@ -1,5 +1,7 @@
 """Spec normalisation: broadcasting, and a ConfigError naming the key for bad YAML."""
 
+import re
+
 import pytest
 
 from segkit import ConfigError
@@ -26,6 +28,36 @@ def test_mixed_per_stage_per_axis_lists():
 def test_round_trip_through_dict():
     s = UNetSpec.from_config(depth=3, norm={"name": "group", "num_groups": 4}, act="gelu")
     assert UNetSpec.from_config(s.to_dict()) == s
+    s = UNetSpec.from_config(
+        depth=3,
+        encoder_block="residual",
+        decoder_block="mednext",
+        blocks_per_stage=[1, 2, 3],
+        expansion=[2, 3, 4],
+        stem="conv",
+        shortcut="avgpool",
+        skip_merge="add",
+        grn=True,
+        upsample="mednext",
+    )
+    assert UNetSpec.from_config(s.to_dict()) == s
+
+
+def test_todays_keys_keep_their_meaning():
+    # block: shorthand for both; convs_per_stage: convs of the (single) block of a stage
+    s = UNetSpec.from_config(depth=3, block="residual", convs_per_stage=3)
+    assert s.encoder_block == s.decoder_block == ("residual", ())
+    assert s.blocks_per_stage == (1, 1, 1) and s.convs_per_stage == (3, 3, 3)
+    assert s.block == "residual"
+    s = UNetSpec.from_config(depth=3, block="residual", decoder_block="plain")
+    assert s.block == "residual/plain"
+
+
+def test_expansion_defaults_follow_the_blocks():
+    mednext = UNetSpec.from_config(depth=3, block="mednext", expansion=[2, 3, 4])
+    assert mednext.expansion_decoder == (2, 3)  # the decoder reads the encoder's, per level
+    bottleneck = UNetSpec.from_config(depth=3, block="bottleneck")
+    assert bottleneck.expansion == (4, 4, 4)
 
 
 @pytest.mark.parametrize(
@@ -47,10 +79,22 @@ def test_round_trip_through_dict():
         ({"spatial_dims": 4}, "model.spatial_dims"),
         ({"deepsupervision": True}, "unknown key"),
         ({"depth": 3, "up_kernel_size": [2, 2, 2]}, "model.up_kernel_size"),
+        ({"depth": 3, "blocks_per_stage": [1, 0, 1]}, "model.blocks_per_stage[1] (stage 1)"),
+        ({"depth": 3, "blocks_per_stage_decoder": [1, 2, 1]}, "model.blocks_per_stage_decoder"),
+        ({"depth": 3, "expansion_decoder": [2, 2, 2]}, "model.expansion_decoder"),
+        ({"depth": 3, "expansion": [2, "x", 2]}, "model.expansion[1] (stage 1)"),
+        ({"skip_merge": "mul"}, "model.skip_merge"),
+        ({"stem": "big"}, "model.stem"),
+        ({"stem_channels": 8}, "model.stem_channels"),
+        ({"shortcut": "maxpool"}, "model.shortcut"),
+        ({"encoder_block": "dense"}, "model.encoder_block"),
+        ({"decoder_block": {"name": "residual", "convs": 3}}, "model.decoder_block"),
+        ({"upsample": "pixelshuffle"}, "model.upsample"),
+        ({"grn": "yes"}, "model.grn"),
     ],
 )
 def test_bad_config_names_the_key(cfg, key):
-    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(key)):
         UNetSpec.from_config(cfg)
 
 

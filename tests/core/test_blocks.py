@@ -1,0 +1,238 @@
+"""Blocks: presets against their references' numbers, user blocks and their contract,
+the ResNet-D shortcut on odd sizes, and plans (params, FLOPs, memory) for every block."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from segkit import ConfigError, ShapeError
+from segkit.config import compose, model_config
+from segkit.nn import UNet
+from segkit.nn.blocks import BlockContext, Shortcut
+from segkit.plan import plan_unet
+from segkit.spec import UNetSpec
+
+torch.set_num_threads(2)
+
+SE = "tests.core.custom_blocks.SEBlock"
+
+
+def _preset(name: str, *overrides: str) -> UNetSpec:
+    cfg = compose([f"model={name}", *overrides])
+    return UNetSpec.from_config(model_config(cfg, num_channels=1, num_classes=3))
+
+
+# Parameter counts of the references with the same configuration (3 classes), read off
+# dynamic-network-architectures 0.4.4 ResidualEncoderUNet (deep supervision: it always
+# builds every head) and MONAI 1.6.1 create_mednext (deep supervision off);
+# benchmarks/bench_architectures.py recomputes them side by side.
+REFERENCE_PARAMS = {
+    ("resenc", True): 102_350_575,
+    ("mednext_s", False): 5_550_947,
+    ("mednext_b", False): 10_510_883,
+    ("mednext_m", False): 17_533_539,
+    ("mednext_l", False): 61_726_787,
+}
+
+
+@pytest.mark.parametrize(("name", "ds"), list(REFERENCE_PARAMS))
+def test_presets_have_the_references_parameter_count(name, ds):
+    spec = _preset(name, f"model.deep_supervision={str(ds).lower()}")
+    with torch.device("meta"):
+        net = UNet(spec)
+    assert sum(p.numel() for p in net.parameters()) == REFERENCE_PARAMS[(name, ds)]
+
+
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [("resenc", (65, 67, 63)), ("mednext_b", (37, 45, 29)), ("mednext_s", (33, 35, 31))],
+)
+def test_presets_plan_at_sizes_that_crash_the_references(name, size):
+    spec = _preset(name)
+    plan = plan_unet(spec, size)
+    assert plan.output_size == size
+    with torch.device("meta"):
+        assert plan.params == sum(p.numel() for p in UNet(spec).parameters())
+
+
+def test_kernel_5_mednext_is_exact_too():
+    spec = _preset("mednext_s", "model.kernel_size=5", "model.channels=4", "model.max_channels=8")
+    net = UNet(spec).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 23, 19, 21)).shape == (1, 3, 23, 19, 21)
+    ups = [r for r in plan_unet(spec, (23, 19, 21)).rows if r.name.endswith(".up.dw")]
+    assert ups and all(r.kernel == (5, 5, 5) and not any(r.crop) for r in ups)
+
+
+@pytest.mark.parametrize("size", [(7, 9, 10), (8, 8, 8), (5, 6, 7)])
+def test_resnet_d_shortcut_lands_on_the_main_path_for_every_size(size):
+    ctx = BlockContext(
+        spatial_dims=3, stage="test", kernel_size=(3, 3, 3), dilation=(1, 1, 1), shortcut="avgpool"
+    )
+    sc = Shortcut(ctx, 2, 4, (2, 2, 2))
+    x = torch.randn(1, 2, *size)
+    want = tuple(-(-n // 2) for n in size)
+    assert sc(x).shape[2:] == want
+    plan_pad = sc.plan_op(size, want)["padding"]
+    assert plan_pad == tuple((0, 2 * w - n) for n, w in zip(size, want))
+    # the pooled value of a partial window is the mean of the voxels inside the input
+    tail = tuple(slice(-(n % 2 or 2), None) for n in size)
+    assert torch.allclose(sc.pool(x)[..., -1, -1, -1], x[(..., *tail)].mean(dim=(-3, -2, -1)))
+
+
+def test_resenc_plan_shows_the_shortcut_padding_at_odd_sizes():
+    plan = plan_unet(_preset("resenc"), (65, 67, 63))
+    row = plan.row("encoder.1.blocks.0.shortcut")
+    assert row.op.startswith("avgpool (ceil)")
+    assert row.padding == ((0, 1), (0, 1), (0, 1)) and row.out_size == (33, 34, 32)
+
+
+def test_user_block_plugs_into_encoder_and_decoder_2d_and_3d():
+    for ndim, size in ((2, (29, 31)), (3, (13, 11, 15))):
+        block = {"_target_": SE, "reduction": 2}
+        net = UNet(
+            spatial_dims=ndim,
+            depth=3,
+            channels=4,
+            encoder_block=block,
+            decoder_block=block,
+            blocks_per_stage=2,
+        )
+        plan = net.plan(size)
+        assert plan.params == sum(p.numel() for p in net.parameters())
+        assert net(torch.randn(2, 1, *size)).shape == (2, 2, *size)
+        names = {r.name for r in plan.rows}
+        # the block's leaves and its own ops (sigmoid, product) are rows of the plan
+        assert {"encoder.1.blocks.0.squeeze", "encoder.1.blocks.0"} <= names
+        own = plan.row("encoder.1.blocks.0")
+        assert own.saved > 0 and own.params == 0
+
+
+def test_user_block_round_trips_through_the_spec():
+    spec = UNetSpec.from_config(depth=2, encoder_block={"_target_": SE, "reduction": 3})
+    assert spec.encoder_block == (SE, (("reduction", 3),))
+    assert UNetSpec.from_config(spec.to_dict()) == spec
+    assert spec.block == "SEBlock/plain"
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ("tests.core.custom_blocks.FloorBlock", r"encoder stage 1, block 0 .*FloorBlock.*stride 2"),
+        (
+            "tests.core.custom_blocks.WrongWidthBlock",
+            r"encoder stage 0, block 0 .*gave 2×2×2 × 2 ch; the plan needs 2×2×2 × 4 ch",
+        ),
+    ],
+)
+def test_block_breaking_the_contract_is_a_shape_error_naming_block_and_stage(target, match):
+    with pytest.raises(ShapeError, match=match):
+        UNet(depth=3, channels=4, encoder_block={"_target_": target})
+
+
+def test_contract_check_runs_at_plan_time_not_at_the_first_batch():
+    spec = UNetSpec.from_config(
+        depth=2, channels=4, decoder_block={"_target_": "tests.core.custom_blocks.FloorBlock"}
+    )
+    # stride 1 in the decoder: a valid conv of kernel 1 keeps the size, so it passes
+    plan_unet(spec, (9, 9, 9))
+    bad = UNetSpec.from_config(
+        depth=2, channels=4, encoder_block={"_target_": "tests.core.custom_blocks.FloorBlock"}
+    )
+    with pytest.raises(ShapeError, match="encoder stage 1"):
+        plan_unet(bad, (9, 9, 9))
+
+
+@pytest.mark.parametrize(
+    ("block", "match"),
+    [
+        ({"_target_": "tests.core.custom_blocks.NoContextBlock"}, r"model.encoder_block \(enc"),
+        ({"_target_": "tests.core.custom_blocks.not_a_class"}, "not an nn.Module subclass"),
+        ({"_target_": "tests.core.custom_blocks.Missing"}, "cannot import"),
+        ({"_target_": "nodots"}, "not a dotted path"),
+        ({"_target_": SE, "opts": {"a": 1}}, "nested mappings"),
+    ],
+)
+def test_bad_user_block_is_a_config_error_naming_the_key(block, match):
+    with pytest.raises(ConfigError, match=match):
+        UNet(depth=2, channels=4, encoder_block=block)
+
+
+def _saved_bytes(net: nn.Module, x: torch.Tensor) -> int:
+    """Bytes autograd keeps for backward (each storage counted once), measured for real."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(v for k, v in seen.items() if k not in params)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        dict(
+            encoder_block="residual",
+            decoder_block="plain",
+            blocks_per_stage=[1, 2, 2],
+            stem="conv",
+            shortcut="avgpool",
+            convs_per_stage_decoder=1,
+        ),
+        dict(block="bottleneck", blocks_per_stage=2, dropout=0.2),
+        dict(
+            block="mednext",
+            upsample="mednext",
+            skip_merge="add",
+            stem="conv1x1",
+            expansion=[2, 3, 4],
+            grn=True,
+            act="gelu",
+        ),
+        dict(
+            encoder_block={"_target_": SE},
+            decoder_block="residual",
+            norm="group",
+            downsample="maxpool",
+        ),
+    ],
+)
+def test_activation_memory_is_autograds_saved_tensors(cfg):
+    spec = UNetSpec.from_config(dict(cfg, depth=3, channels=4, in_channels=1, out_channels=2))
+    net = UNet(spec)
+    size = (17, 20, 15)
+    measured = _saved_bytes(net, torch.randn(1, 1, *size))
+    plan = plan_unet(spec, size)
+    assert abs(plan.activation_bytes - measured) / measured < 0.01, (
+        plan.activation_bytes,
+        measured,
+    )
+    assert plan.activation_bytes == sum(r.saved for r in plan.rows)
+
+
+def test_flops_count_every_conv_including_depthwise_and_transposed():
+    spec = UNetSpec.from_config(
+        depth=2,
+        channels=4,
+        block="mednext",
+        upsample="mednext",
+        skip_merge="add",
+        expansion=2,
+        in_channels=1,
+        out_channels=2,
+    )
+    size = (9, 10, 11)
+    plan = plan_unet(spec, size)
+    n = 9 * 10 * 11
+    dw = plan.row("encoder.0.blocks.0.dw")  # depthwise 3×3×3 on 1 channel (in → in)
+    assert dw.macs == n * 1 * 27
+    up = plan.row("decoder.0.up.dw")  # transposed depthwise: input voxels × 8 channels × k³
+    assert up.macs == 5 * 5 * 6 * 8 * 27
+    assert plan.macs == sum(r.macs for r in plan.rows)
