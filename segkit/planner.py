@@ -577,7 +577,7 @@ def model_config(
         if key in ("kernel_size", "strides", "up_kernel_size", "depth"):
             continue
         if isinstance(value, list | tuple) and value:
-            if len(value) == old:
+            if key == "channels" or len(value) == old:
                 model[key] = _resize(list(value), depth)
             elif len(value) == old - 1 and depth > 1:
                 model[key] = _resize(list(value), depth - 1)
@@ -778,6 +778,11 @@ def plan_experiment(
     # Fixed topology pieces.
     depth = strides = kernels = None
     if "model.strides" in fixed:
+        if _list_len(fixed["model.strides"], fixed) is None:
+            raise ConfigError(
+                f"model.strides={fixed['model.strides']} with planner=auto: a scalar stride needs "
+                "model.depth too (or give one stride per stage, e.g. model.strides=[1,2,2,2])"
+            )
         strides = UNetSpec.from_config(
             {
                 "spatial_dims": ndim,

@@ -169,3 +169,13 @@ def test_memory_scales_exactly_from_one_plan_per_topology(unet):
             exact.loss,
             exact.transient,
         )
+
+
+def test_explicit_per_stage_lists_fix_the_topology(unet):
+    fp = fingerprint((1.0, 1.0, 1.0), (64, 64, 64), n=10)
+    fixed = {"model.strides": [1, 2, [2, 2, 1]], "model.channels": [8, 16, 24, 32, 40]}
+    r = plan_experiment(fp, unet, fixed=fixed)
+    assert r.spec.strides == ((1, 1, 1), (2, 2, 2), (2, 2, 1))
+    assert r.spec.channels == (8, 16, 24)  # a per-stage list follows the depth
+    with pytest.raises(ConfigError, match="a scalar stride needs model.depth"):
+        plan_experiment(fp, unet, fixed={"model.strides": 2})
