@@ -1252,18 +1252,29 @@ def apply_planner(cfg: Any, overrides: Sequence[str] | None = None, *, record: b
     if not planner or not planner.get("auto"):
         return cfg
     explicit = explicit_keys(_task_overrides(cfg) if overrides is None else overrides)
-    result = plan_from_config(cfg, explicit)
-    frag = result.fragment()
+    cache = _answer_path(cfg, explicit)
+    answer = _read_answer(cache)
+    if answer is None:
+        result = plan_from_config(cfg, explicit)
+        answer = dict(result.to_json(), model=result.model)
+        cache = cache or _answer_path(cfg, explicit)  # the fingerprint exists now
+        if cache is not None:
+            from segkit.data.io import save_json_atomic
+
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            save_json_atomic(cache, answer)
     with open_dict(cfg):
         for key in ("target_spacing", "patch_size", "batch_size"):
             if f"data.{key}" not in explicit:
-                cfg.data[key] = frag["data"][key]
-        for key, value in result.model.items():
+                cfg.data[key] = answer[f"data.{key}"]
+        for key, value in answer["model"].items():
             if key in ("in_channels", "out_channels") or f"model.{key}" in explicit:
                 continue
             cfg.model[key] = value
-    for line in result.decisions:
+    for line in answer["decisions"]:
         log.info("planner: %s", line)
+    for line in answer["warnings"]:
+        log.warning("planner: %s", line)
     if record and cfg.get("paths") is not None and OmegaConf.select(cfg, "paths.output_dir"):
         from pathlib import Path
 
@@ -1271,9 +1282,60 @@ def apply_planner(cfg: Any, overrides: Sequence[str] | None = None, *, record: b
 
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        save_json_atomic(out / "planner.json", result.to_json())
-        (out / "planner.txt").write_text("\n".join(result.decisions) + "\n")
+        save_json_atomic(out / "planner.json", {k: v for k, v in answer.items() if k != "model"})
+        (out / "planner.txt").write_text("\n".join(answer["decisions"]) + "\n")
     return cfg
+
+
+def _answer_path(cfg: Any, explicit: set[str]) -> Any:
+    """Where the planner's answer for this config is cached: beside the dataset's fingerprint,
+    keyed by the fingerprint, the model family, the planner and optimizer settings, the
+    explicit values and segkit's own source (so a changed rule or block re-plans)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from segkit.data.fingerprint import fingerprint_path
+    from segkit.data.layouts import read_dataset
+
+    planner = cfg.planner
+    if planner.get("fingerprint") or planner.get("plans") or OmegaConf.is_missing(cfg.data, "root"):
+        return None
+    root = Path(cfg.data.root)
+    if not (root / "dataset.json").is_file():
+        return None
+    cache_dir = cfg.data.get("cache_dir")
+    fp_file = fingerprint_path(read_dataset(root), Path(cache_dir) if cache_dir else None)
+    if not fp_file.is_file():
+        return None
+    package = Path(__file__).parent
+    source = hashlib.sha256()
+    for f in sorted([*package.glob("*.py"), *package.glob("nn/*.py")]):
+        source.update(f.read_bytes())
+    key = {
+        "fingerprint": fp_file.name,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "planner": OmegaConf.to_container(planner, resolve=True),
+        "optim": OmegaConf.to_container(cfg.optim, resolve=True) if cfg.get("optim") else None,
+        "explicit": {k: OmegaConf.select(cfg, k) for k in sorted(explicit & set(PLANNED_KEYS))},
+        "source": source.hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+    return fp_file.parent / "plans" / f"planner-{digest[:16]}.json"
+
+
+def _read_answer(path: Any) -> dict[str, Any] | None:
+    import json
+
+    if path is None or not path.is_file():
+        return None
+    try:
+        answer = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return answer if "model" in answer and "decisions" in answer else None
 
 
 __all__ = [

@@ -105,3 +105,27 @@ def test_train_plans_at_start_up_and_records_the_resolved_values(make_dataset, t
     assert planned["data.batch_size"] == 2 and "data.batch_size" in planned["explicit_overrides"]
     assert list(cfg.data.patch_size) == [28, 30, 20]
     assert "decisions" in planned and (out_dir / "planner.txt").is_file()
+
+
+def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, monkeypatch):
+    import time
+
+    import segkit.planner as planner
+
+    root = make_dataset(CASES)
+    overrides = ["planner=auto", "data=msd", f"data.root={root}", "model=unet"]
+    first = planner.apply_planner(compose(overrides), overrides, record=False)
+
+    def no_planning(*args, **kwargs):
+        raise AssertionError("planned again instead of reading the cached answer")
+
+    monkeypatch.setattr(planner, "plan_from_config", no_planning)
+    start = time.perf_counter()
+    again = planner.apply_planner(compose(overrides), overrides, record=False)
+    assert time.perf_counter() - start < 1.0
+    assert again.data.patch_size == first.data.patch_size == [28, 30, 20]
+    assert again.model.strides == first.model.strides
+    # another budget is another answer
+    other = [*overrides, "planner.memory_gb=0.001"]
+    with pytest.raises(AssertionError, match="planned again"):
+        planner.apply_planner(compose(other), other, record=False)
