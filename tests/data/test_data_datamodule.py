@@ -209,9 +209,9 @@ def test_2d_patches(demo_root, tmp_path):
 
 @pytest.mark.parametrize("name", ["demo", "msd"])
 def test_hydra_configs_instantiate(name, tmp_path):
-    cfg = OmegaConf.create(
-        {"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF / f"{name}.yaml")}
-    )
+    data = OmegaConf.load(CONF / f"{name}.yaml")
+    data = data.data if "data" in data else data  # demo.yaml is a `# @package _global_` file
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
     if name == "msd":
         cfg.data.root = str(tmp_path / "mine")
     dm = instantiate(cfg.data)
