@@ -90,7 +90,7 @@ class Calibration:
 
     def table(self) -> str:
         top = max(r.dice_mean for r in self.rows)
-        header = ("overlap", "window", "mean Dice", "vs best", "voxels (cost)", "seconds", "")
+        header = ("overlap", "window", "mean Dice", "vs best", "voxels (cost)", "seconds", "chosen")
         body = [
             (
                 f"{r.overlap:g}",
@@ -99,7 +99,7 @@ class Calibration:
                 f"{r.dice_mean - top:+.4f}",
                 f"{r.voxels:,}",
                 f"{r.seconds:.1f}",
-                "← chosen" if i == self.chosen else "",
+                "←" if i == self.chosen else "",
             )
             for i, r in enumerate(self.rows)
         ]

@@ -166,6 +166,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     metrics["validation_cases"] = [
         case for case, _, _ in _validation_cases(trainer, dm, load=False)
     ]
+    metrics["data_root"] = str(Path(dm.root).resolve())
     metrics["inference"] = calibration
     if trainer.is_global_zero:
         save_json_atomic(out_dir / "metrics.json", metrics)
@@ -212,32 +213,38 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
         return None
     device = module.device
     result: dict | None = None
+    measured: dict[tuple, Any] = {}
     for path in paths:
         ckpt = read_checkpoint(path)
-        net = UNet(module.spec).to(device)
-        net.load_state_dict(
-            {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        )
-        net.eval()
-        cases = (
-            (case, image.to(device), label.to(device))
-            for case, image, label in _validation_cases(trainer, dm)
-        )
-        found = calibrate(
-            net,
-            cases,
-            module.score_case,
-            patch_size=module.hparams.patch_size,
-            slice_axis=module.hparams.slice_axis,
-            overlaps=list(opts.get("overlaps", (0.0, 0.25, 0.5))),
-            window_scales=list(opts.get("window_scales", (1.0, 1.5))),
-            tolerance=float(opts.get("tolerance", 0.005)),
-        )
+        when = (ckpt.get("epoch"), ckpt.get("global_step"))
+        found = measured.get(when)  # best.ckpt saved at the last step: the same weights
+        if found is None:
+            net = UNet(module.spec).to(device)
+            net.load_state_dict(
+                {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+            )
+            cases = (
+                (case, image.to(device), label.to(device))
+                for case, image, label in _validation_cases(trainer, dm)
+            )
+            found = measured[when] = calibrate(
+                net.eval(),
+                cases,
+                module.score_case,
+                patch_size=module.hparams.patch_size,
+                slice_axis=module.hparams.slice_axis,
+                overlaps=list(opts.get("overlaps", (0.0, 0.25, 0.5))),
+                window_scales=list(opts.get("window_scales", (1.0, 1.5))),
+                tolerance=float(opts.get("tolerance", 0.005)),
+            )
+            print(f"\ninference settings measured on the validation fold ({path.name}):")
+            print(found.table(), flush=True)
+        else:
+            print(f"\n{path.name} holds the same weights: the same setting is stored in it")
         ckpt[CALIBRATION_KEY] = found.to_dict()
         with atomic_path(path, suffix=".ckpt") as tmp:
             torch.save(ckpt, tmp)
-        print(f"\ninference settings measured on the validation fold ({path.name}):")
-        print(found.table(), flush=True)
+
         if path.name == "best.ckpt" or result is None:
             result = {**found.to_dict(), "checkpoint": path.name}
     return result
