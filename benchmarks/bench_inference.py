@@ -96,8 +96,12 @@ def main() -> None:
             f"window {cal['window_scale']:g}×"
         )
         variants[name] = InferenceSettings(
-            mode="sliding", overlap=cal["overlap"], window_scale=cal["window_scale"], sw_batch_size=bs
+            mode="sliding",
+            overlap=cal["overlap"],
+            window_scale=cal["window_scale"],
+            sw_batch_size=bs,
         )
+
     if sliding_window_inference is not None:
         for overlap in (0.0, 0.25, 0.5):
             variants[f"MONAI sliding_window_inference, overlap {overlap:g}"] = ("monai", overlap)
