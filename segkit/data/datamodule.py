@@ -257,7 +257,11 @@ class SegDataModule(pl.LightningDataModule):
         return int(np.flatnonzero(spacing == spacing.max())[-1])
 
     def train_dataloader(self) -> DataLoader:
-        """Random patches: ``{"image": (B, C, *P) float32, "label": (B, 1, *P) int64}``."""
+        """Random patches: ``{"image": (B, C, *P) float32, "label": (B, 1, *P) uint8}``.
+
+        Labels keep the cache's integer type (int16 above 256 classes).
+        """
+
         dataset = PatchDataset(
             cases_dir=self._prepared.cases_dir,
             case_ids=self.train_ids,

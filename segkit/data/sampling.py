@@ -112,7 +112,8 @@ class PatchDataset(Dataset):
         """Draws patch number `index`.
 
         Returns:
-            ``(image (C, *P) float32, label (*P) int64, info)`` where info has
+            ``(image (C, *P) float32, label (*P) in the cache's integer type (uint8 up
+            to 256 classes), info)`` where info has
             ``case``, ``forced_foreground`` and ``lower`` (patch corner, may be
             negative when the case is padded).
         """
@@ -133,11 +134,14 @@ class PatchDataset(Dataset):
         src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
         if (src_hi - src_lo == patch).all():  # no padding needed: skip zero-filling
             out_img = np.array(image[(slice(None), *src)], dtype=np.float32)
-            out_lab = label[src].astype(np.int64)
+            # labels stay in the cache's small type (uint8): 8× fewer bytes to copy,
+            # collate and move to the device than int64; the loss takes any integer type
+            out_lab = np.array(label[src])
         else:
             dst = tuple(slice(a, b) for a, b in zip(src_lo - lower, src_hi - lower))
             out_img = np.zeros((image.shape[0], *patch), dtype=np.float32)
-            out_lab = np.zeros(tuple(patch), dtype=np.int64)
+            out_lab = np.zeros(tuple(patch), dtype=label.dtype)
+
             out_img[(slice(None), *dst)] = image[(slice(None), *src)]
             out_lab[dst] = label[src]
         if len(self.patch_size) == 2:

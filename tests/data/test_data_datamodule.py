@@ -68,7 +68,7 @@ def test_batch_contract(demo_root, tmp_path):
     batch = batches[0]
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (3, 1, 21, 19, 11) and batch["image"].dtype == torch.float32
-    assert batch["label"].shape == (3, 1, 21, 19, 11) and batch["label"].dtype == torch.int64
+    assert batch["label"].shape == (3, 1, 21, 19, 11) and batch["label"].dtype == torch.uint8
     val = list(dm.val_dataloader())
     assert len(val) == 1
     item = val[0]

@@ -34,7 +34,7 @@ def test_patch_shapes_any_size(sparse_fg, patch):
     ds = _dataset(sparse_fg, patch)
     item = ds[3]
     assert item["image"].shape == (1, *patch) and item["image"].dtype == torch.float32
-    assert item["label"].shape == (1, *patch) and item["label"].dtype == torch.int64
+    assert item["label"].shape == (1, *patch) and item["label"].dtype == torch.uint8
     assert set(item["label"].unique().tolist()) <= {0, 1, 2}
 
 
