@@ -394,13 +394,11 @@ def plan_layers(
             else:
                 pads = tuple(resolve_padding(padding, k, d) for k, d in zip(kernel, dil))
             if pool:
-                for a, ((lo, hi), k, d) in enumerate(zip(pads, kernel, dil)):
-                    half = (d * (k - 1) + 1) // 2
-                    if max(lo, hi) > half:
+                for a, ((lo, hi), k) in enumerate(zip(pads, kernel)):
+                    if max(lo, hi) > k // 2:  # PyTorch's rule, on the kernel, not its extent
                         raise ShapeError(
                             f"layers[{n}] ({kind}), axis {a}: padding ({lo}, {hi}) is more than "
-                            f"half the pooling window ({d * (k - 1) + 1}); PyTorch refuses it. "
-                            f"Fix: padding ≤ {half}"
+                            f"half the kernel ({k}); PyTorch refuses it. Fix: padding ≤ {k // 2}"
                         )
             out = tuple(
                 conv_out(n_, k, s, lo, hi, d)
