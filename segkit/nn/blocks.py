@@ -334,7 +334,9 @@ class ResidualBlock(nn.Module):
         y = x
         for layer in self.convs:
             y = layer(y)
-        return self.act(y + (x if self.shortcut is None else self.shortcut(x)))
+        # in place: the last layer is a norm (or conv), whose backward does not need its output
+        y += x if self.shortcut is None else self.shortcut(x)
+        return self.act(y)
 
 
 class BottleneckBlock(nn.Module):
@@ -361,7 +363,9 @@ class BottleneckBlock(nn.Module):
         y = x
         for layer in self.convs:
             y = layer(y)
-        return self.act(y + (x if self.shortcut is None else self.shortcut(x)))
+        # in place: the last layer is a norm (or conv), whose backward does not need its output
+        y += x if self.shortcut is None else self.shortcut(x)
+        return self.act(y)
 
 
 class GRN(nn.Module):
@@ -409,8 +413,9 @@ class MedNeXtBlock(nn.Module):
         y = self.expand(self.dw(x))
         if self.grn is not None:
             y = self.grn(y)
-        y = self.compress(y)
-        return y + (x if self.shortcut is None else self.shortcut(x))
+        y = self.compress(y)  # a conv's output: its backward does not need it, so add in place
+        y += x if self.shortcut is None else self.shortcut(x)
+        return y
 
 
 BUILTIN_BLOCKS: dict[str, type[nn.Module]] = {
