@@ -22,7 +22,7 @@ import functools
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,7 +77,6 @@ class Trace:
     flops: int
     saved_bytes: int
     receptive_field: Size
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _graph_flops(outputs: list[torch.Tensor], weight_owner: Any) -> None:
