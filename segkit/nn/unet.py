@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,6 +129,23 @@ class DecoderStage(nn.Module):
         return self.fuse(skip, self.up(x, skip.shape[2:]))
 
 
+_LEGACY = (
+    (re.compile(r"^((?:encoder|decoder)\.\d+)\.block\."), r"\1.blocks.0."),
+    (re.compile(r"\.shortcut\.0\."), ".shortcut.conv."),
+    (re.compile(r"\.shortcut\.1\."), ".shortcut.norm."),
+)
+
+
+def _rename_legacy_keys(state: dict, prefix: str, *args: Any) -> None:
+    """Checkpoints written before blocks per stage (``encoder.0.block.convs.0...``) load."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        for pattern, repl in _LEGACY:
+            rest = pattern.sub(repl, rest)
+        if prefix + rest != key:
+            state[prefix + rest] = state.pop(key)
+
+
 class UNet(nn.Module):
     """A U-Net whose decoder matches every encoder skip exactly, for any input size.
 
@@ -159,6 +177,7 @@ class UNet(nn.Module):
         )
         for head in self.heads:
             head.plan_label = "conv 1×1 (logits)"
+        self._register_load_state_dict_pre_hook(_rename_legacy_keys)
         self._smallest: dict[tuple[int, ...], int] = {}
         if any(isinstance(m, nn.Module) and hasattr(m, "segkit_expect") for m in self.modules()):
             from segkit.nn.trace import verify_blocks

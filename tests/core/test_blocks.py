@@ -236,3 +236,19 @@ def test_flops_count_every_conv_including_depthwise_and_transposed():
     up = plan.row("decoder.0.up.dw")  # transposed depthwise: input voxels × 8 channels × k³
     assert up.macs == 5 * 5 * 6 * 8 * 27
     assert plan.macs == sum(r.macs for r in plan.rows)
+
+
+def test_checkpoints_of_the_previous_layout_still_load():
+    # before blocks per stage, a stage held one block: encoder.0.block.convs.0..., and a
+    # residual shortcut was a Sequential (shortcut.0 conv, shortcut.1 norm)
+    net = UNet(depth=3, channels=4, block="residual", conv_bias=False)
+    legacy = {
+        k.replace(".blocks.0.", ".block.")
+        .replace(".shortcut.conv.", ".shortcut.0.")
+        .replace(".shortcut.norm.", ".shortcut.1."): v
+        for k, v in net.state_dict().items()
+    }
+    assert "encoder.1.block.shortcut.0.weight" in legacy
+    fresh = UNet(depth=3, channels=4, block="residual", conv_bias=False)
+    fresh.load_state_dict(legacy, strict=True)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
