@@ -37,7 +37,7 @@ import torch
 from segkit.data.io import read_nifti
 from segkit.data.layouts import read_dataset
 from segkit.inference.checkpoint import load_model
-from segkit.inference.engine import InferenceSettings, infer
+from segkit.inference.engine import InferenceSettings, gaussian_importance, infer
 from segkit.inference.scoring import case_dice, mean_dice
 from segkit.table import format_table
 
@@ -105,15 +105,20 @@ def main() -> None:
     if sliding_window_inference is not None:
         for overlap in (0.0, 0.25, 0.5):
             variants[f"MONAI sliding_window_inference, overlap {overlap:g}"] = ("monai", overlap)
+        variants["MONAI, overlap 0.5, given segkit's Gaussian map"] = ("monai-map", 0.5)
 
     def run_variant(variant, x: torch.Tensor) -> torch.Tensor:
         if isinstance(variant, InferenceSettings):
             logits, _ = infer(net, x, patch_size=patch, settings=variant)
             return logits
-        _, overlap = variant
+        kind, overlap = variant
+        weights = {}
+        if kind == "monai-map":  # isolates the window loop from the choice of Gaussian
+            weights["roi_weight_map"] = gaussian_importance(patch)
+
         with torch.inference_mode():
             return sliding_window_inference(
-                x, patch, bs, net, overlap=overlap, mode="gaussian", sigma_scale=0.125
+                x, patch, bs, net, overlap=overlap, mode="gaussian", sigma_scale=0.125, **weights
             )
 
     seconds = {v: [] for v in variants}
