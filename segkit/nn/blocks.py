@@ -308,16 +308,42 @@ class PlainBlock(nn.Module):
         return x
 
 
-class ResidualBlock(nn.Module):
+class _Residual(nn.Module):
+    """``self.convs`` in sequence (the last without activation), plus a shortcut (identity,
+    or :class:`Shortcut` when width or size change), then act: what residual blocks share."""
+
+    def __init__(
+        self,
+        convs: list[nn.Module],
+        in_channels: int,
+        out_channels: int,
+        stride: Size,
+        context: BlockContext,
+    ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.shortcut = _shortcut(context, in_channels, out_channels, tuple(stride))
+        self.act = context.act_layer()
+        self.act.plan_label = f"add residual + {context.act[0]}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        for layer in self.convs:
+            y = layer(y)
+        # in place: the last layer is a norm (or conv), whose backward does not need its output
+        y += x if self.shortcut is None else self.shortcut(x)
+        return self.act(y)
+
+
+class ResidualBlock(_Residual):
     """ResNet basic block: ``context.convs`` convs (the last without activation), plus a
     shortcut (identity, or :class:`Shortcut` when width or size change), then act."""
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: Size, context: BlockContext
     ) -> None:
-        super().__init__()
         n = context.convs
-        self.convs = nn.ModuleList(
+        convs = [
             context.conv(
                 in_channels if j == 0 else out_channels,
                 out_channels,
@@ -325,47 +351,24 @@ class ResidualBlock(nn.Module):
                 act=j < n - 1,
             )
             for j in range(n)
-        )
-        self.shortcut = _shortcut(context, in_channels, out_channels, tuple(stride))
-        self.act = context.act_layer()
-        self.act.plan_label = f"add residual + {context.act[0]}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for layer in self.convs:
-            y = layer(y)
-        # in place: the last layer is a norm (or conv), whose backward does not need its output
-        y += x if self.shortcut is None else self.shortcut(x)
-        return self.act(y)
+        ]
+        super().__init__(convs, in_channels, out_channels, stride, context)
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_Residual):
     """ResNet bottleneck (ResNet-D: stride in the middle conv): 1×1 reduce to
     ``out_channels / expansion`` → k×k (strided) → 1×1 expand, plus shortcut, then act."""
 
     def __init__(
         self, in_channels: int, out_channels: int, stride: Size, context: BlockContext
     ) -> None:
-        super().__init__()
         mid = max(1, out_channels // context.expansion)
-        self.convs = nn.ModuleList(
-            [
-                context.conv(in_channels, mid, kernel=1, dropout=False),
-                context.conv(mid, mid, stride=stride),
-                context.conv(mid, out_channels, kernel=1, act=False),
-            ]
-        )
-        self.shortcut = _shortcut(context, in_channels, out_channels, tuple(stride))
-        self.act = context.act_layer()
-        self.act.plan_label = f"add residual + {context.act[0]}"
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for layer in self.convs:
-            y = layer(y)
-        # in place: the last layer is a norm (or conv), whose backward does not need its output
-        y += x if self.shortcut is None else self.shortcut(x)
-        return self.act(y)
+        convs = [
+            context.conv(in_channels, mid, kernel=1, dropout=False),
+            context.conv(mid, mid, stride=stride),
+            context.conv(mid, out_channels, kernel=1, act=False),
+        ]
+        super().__init__(convs, in_channels, out_channels, stride, context)
 
 
 class GRN(nn.Module):
