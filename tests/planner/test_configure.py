@@ -108,8 +108,10 @@ def test_train_plans_at_start_up_and_records_the_resolved_values(make_dataset, t
 
 
 def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, monkeypatch):
-    import time
-
+    # what makes a second start-up take well under a second: neither the images (the
+    # fingerprint) nor the network (the plan) are looked at again; the time itself is
+    # reported in the README, not asserted here, where a loaded CI machine would make it flaky
+    import segkit.data.fingerprint as fingerprint
     import segkit.planner as planner
 
     root = make_dataset(CASES)
@@ -120,10 +122,10 @@ def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, m
         raise AssertionError("planned again instead of reading the cached answer")
 
     monkeypatch.setattr(planner, "plan_from_config", no_planning)
-    start = time.perf_counter()
+    monkeypatch.setattr(fingerprint, "compute_dataset_fingerprint", no_planning)
     again = planner.apply_planner(compose(overrides), overrides, record=False)
-    assert time.perf_counter() - start < 1.0
     assert again.data.patch_size == first.data.patch_size == [28, 30, 20]
+
     assert again.model.strides == first.model.strides
     # another budget is another answer
     other = [*overrides, "planner.memory_gb=0.001"]
