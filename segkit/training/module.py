@@ -96,7 +96,6 @@ class SegModule(pl.LightningModule):
         self._val_dice: list[torch.Tensor] = []
         self.val_history: list[dict[str, Any]] = []
         self.last_val_example: dict[str, torch.Tensor] | None = None
-        self.last_val_decision: Decision | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if self._memory_format is not None:
@@ -128,8 +127,7 @@ class SegModule(pl.LightningModule):
         image, label = batch["image"], batch["label"]
         if self._memory_format is not None:
             image = image.contiguous(memory_format=self._memory_format)
-        logits, decision = self.predict_volume(image)
-        self.last_val_decision = decision
+        logits, _ = self.predict_volume(image)
         loss = self.loss_fn.loss(logits, label)
         self.log("val/loss", loss, on_epoch=True, batch_size=1, sync_dist=True)
         pred = logits.argmax(1)
