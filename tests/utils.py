@@ -53,3 +53,21 @@ class KillAtStep(pl.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def autograd_saved_bytes(net, x) -> int:
+    """Bytes autograd keeps for backward after ``net(x)`` (each storage counted once,
+    parameters excluded), measured for real: what the plan's activation memory must equal."""
+    import torch
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net(x)
+    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    return sum(v for k, v in seen.items() if k not in params)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from segkit import ConfigError, ShapeError
 from segkit.config import compose, model_config
@@ -13,6 +12,7 @@ from segkit.nn import UNet
 from segkit.nn.blocks import BlockContext, Shortcut
 from segkit.plan import plan_unet
 from segkit.spec import UNetSpec
+from tests.utils import autograd_saved_bytes
 
 torch.set_num_threads(2)
 
@@ -160,21 +160,6 @@ def test_bad_user_block_is_a_config_error_naming_the_key(block, match):
         UNet(depth=2, channels=4, encoder_block=block)
 
 
-def _saved_bytes(net: nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward (each storage counted once), measured for real."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x)
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    return sum(v for k, v in seen.items() if k not in params)
-
-
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -208,7 +193,7 @@ def test_activation_memory_is_autograds_saved_tensors(cfg):
     spec = UNetSpec.from_config(dict(cfg, depth=3, channels=4, in_channels=1, out_channels=2))
     net = UNet(spec)
     size = (17, 20, 15)
-    measured = _saved_bytes(net, torch.randn(1, 1, *size))
+    measured = autograd_saved_bytes(net, torch.randn(1, 1, *size))
     plan = plan_unet(spec, size)
     assert abs(plan.activation_bytes - measured) / measured < 0.01, (
         plan.activation_bytes,

@@ -14,6 +14,7 @@ from segkit.nn import UNet
 from segkit.nn.stack import _Pad, build_stack
 from segkit.plan import plan_layers, plan_unet
 from segkit.spec import UNetSpec
+from tests.utils import autograd_saved_bytes
 
 
 def _check_against_torch(size, cin, layers):
@@ -146,22 +147,6 @@ def test_plan_totals_and_dict():
     assert "receptive field   75×75×75" in plan.table()
 
 
-def _saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for backward (each storage counted once)."""
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        if not isinstance(t, torch.nn.Parameter) and t.requires_grad is not None:
-            ptr = t.untyped_storage().data_ptr()
-            seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net(x)
-    params = {p.untyped_storage().data_ptr() for p in net.parameters()}
-    return sum(v for k, v in seen.items() if k not in params)
-
-
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -175,6 +160,6 @@ def test_activation_memory_estimate_within_15_percent_of_autograd(cfg):
     net = UNet(spec)
     size = (33, 40, 27)
     x = torch.randn(1, 1, *size, requires_grad=False)
-    measured = _saved_bytes(net, x)
+    measured = autograd_saved_bytes(net, x)
     estimate = plan_unet(spec, size).activation_bytes
     assert abs(estimate - measured) / measured < 0.15, (estimate, measured)
