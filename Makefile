@@ -2,13 +2,16 @@
 PY ?= python
 ARGS ?=
 
-.PHONY: install train test lint plan demo bench
+.PHONY: install train test lint plan demo bench docs
 
 # CPU torch first (if absent) so the `torch` requirement is already met and pip
-# does not fetch a multi-GB CUDA build; then segkit with its dev/sweep extras.
+# does not fetch a multi-GB CUDA build; then segkit with its dev/sweep extras (monai, a
+# reference of tests/references/, among them); then nnU-Net's networks, the other reference,
+# with --no-deps: their declared timm pulls torchvision, which would replace the CPU torch.
 install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "dynamic-network-architectures==0.4.4" einops
 
 train: install
 	$(PY) train.py $(ARGS)
@@ -27,3 +30,7 @@ demo:
 
 bench:
 	$(PY) benchmarks/bench_unet.py
+
+# the docs site into build/site (git-ignored); a broken link or anchor fails (mkdocs.yml)
+docs: install
+	$(PY) -m mkdocs build --strict -d build/site

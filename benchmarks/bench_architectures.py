@@ -18,6 +18,7 @@ Set-up (benchmark environment only, never a segkit dependency):
 Run:
     /work/benchenv/bin/python benchmarks/bench_architectures.py [--size 64 64 64]
         [--batch 1] [--repeats 5] [--threads 2] [--archs resenc mednext_s ...]
+        [--device cuda] [--bf16]
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import torch
 from torch import nn
 
 from segkit.config import compose, model_config
-from segkit.nn import UNet
-from segkit.plan import plan_unet, unet_min_input_size
+from segkit.nn import UNet, plan_unet
+from segkit.plan import unet_min_input_size
 from segkit.spec import UNetSpec
 
 CLASSES = 3
@@ -90,20 +91,24 @@ def n_params(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
 
-def step(net: nn.Module, x: torch.Tensor) -> float:
-    """One forward + backward pass; seconds."""
+def step(net: nn.Module, x: torch.Tensor, bf16: bool = False) -> float:
+    """One forward + backward pass (under bf16 autocast if asked); seconds."""
     net.zero_grad(set_to_none=True)
+    sync = torch.cuda.synchronize if x.is_cuda else lambda: None
+    sync()
     t = time.perf_counter()
-    out = net(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = net(x)
     outs = out if isinstance(out, list | tuple) else [out]
     sum(o.float().mean() for o in outs).backward()
+    sync()
     return time.perf_counter() - t
 
 
 def odd_size(net: nn.Module, size: tuple[int, ...]) -> str:
     try:
         with torch.no_grad():
-            out = net.eval()(torch.randn(1, 1, *size))
+            out = net.eval()(torch.randn(1, 1, *size, device=next(net.parameters()).device))
         out = out[0] if isinstance(out, list | tuple) else out
         return "×".join(map(str, out.shape[2:]))
     except RuntimeError as exc:
@@ -120,27 +125,30 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--archs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--no-odd", action="store_true", help="skip the odd-size runs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU training)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size = tuple(args.size)
     print(
-        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+        f"torch {torch.__version__}, {args.device}{' bf16 autocast' if args.bf16 else ''}, "
+        f"{args.threads} threads, batch {args.batch}, "
         f"time at {'×'.join(map(str, size))}, medians of {args.repeats} interleaved repeats"
     )
     rows = []
     for arch in args.archs:
         label, ds, build_ref = PAIRS[arch]
         spec = segkit_spec(arch, ds)
-        seg, ref = UNet(spec), build_ref(spec)
+        seg, ref = UNet(spec).to(args.device), build_ref(spec).to(args.device)
         gflops = 2 * plan_unet(spec, (128, 128, 128)).macs / 1e9
-        x = torch.randn(args.batch, 1, *size)
-        step(seg, x), step(ref, x)  # warm-up
+        x = torch.randn(args.batch, 1, *size, device=args.device)
+        step(seg, x, args.bf16), step(ref, x, args.bf16)  # warm-up
         times: dict[str, list[float]] = {"seg": [], "ref": []}
         for r in range(args.repeats):
             order = (("seg", seg), ("ref", ref)) if r % 2 == 0 else (("ref", ref), ("seg", seg))
             for name, net in order:
-                times[name].append(step(net, x))
+                times[name].append(step(net, x, args.bf16))
         t_seg, t_ref = statistics.median(times["seg"]), statistics.median(times["ref"])
         odd = [] if args.no_odd else [(s, odd_size(ref, s), odd_size(seg, s)) for s in ODD_SIZES]
         rows.append(

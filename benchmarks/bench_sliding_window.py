@@ -10,6 +10,7 @@ medians are printed.
     pip install --no-deps monai      # benchmark environment only
     python benchmarks/bench_sliding_window.py
     python benchmarks/bench_sliding_window.py --size 161 161 121 --window 65 65 49 --profile
+    python benchmarks/bench_sliding_window.py --device cuda --size 256 256 192 --window 128 128 128
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ from collections.abc import Callable
 
 import torch
 
+from segkit.defaults import DEFAULT_OVERLAP
 from segkit.inference.engine import gaussian_importance, sliding_window, whole_volume
 from segkit.nn import UNet
 
 
 def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    sync()
     start = time.perf_counter()
     out = fn()
+    sync()
     return time.perf_counter() - start, out
 
 
@@ -37,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, nargs=3, default=[97, 97, 73])
     parser.add_argument("--window", type=int, nargs=3, default=[33, 33, 25])
-    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP)
     parser.add_argument("--sw-batch-size", type=int, default=4)
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--depth", type=int, default=3)
@@ -45,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--profile", action="store_true", help="print top ops of each")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,9 +70,10 @@ def main() -> None:
         channels=args.channels,
         norm=args.norm,
     ).eval()
-    x = torch.randn(1, 1, *args.size)
+    net.to(args.device)
+    x = torch.randn(1, 1, *args.size, device=args.device)
     window = tuple(args.window)
-    weight = gaussian_importance(window)
+    weight = gaussian_importance(window, device=args.device)
     kw = {"overlap": args.overlap}
 
     variants: dict[str, Callable[[], torch.Tensor]] = {
@@ -112,7 +119,7 @@ def main() -> None:
         f"volume {'x'.join(map(str, args.size))}, window {'x'.join(map(str, window))}, "
         f"overlap {args.overlap}, sw_batch_size {args.sw_batch_size}, UNet depth {args.depth} "
         f"channels {args.channels} norm {args.norm}; {args.repeats} repeats (median)\n"
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}"
     )
     print(f"{'variant':40s} {'median s':>9s} {'min s':>7s} {'vs segkit':>10s} {'max|diff|':>10s}")

@@ -10,6 +10,7 @@ Set-up (benchmark environment only, not a segkit dependency):
     pip install --no-deps dynamic-network-architectures einops monai
 Run:
     python benchmarks/bench_unet.py [--size 64 64 64] [--batch 2] [--repeats 7] [--device cpu]
+        [--bf16]
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import torch
 from torch import nn
 
 from segkit.config import compose, model_config
-from segkit.nn import UNet
-from segkit.plan import plan_unet, stage_sizes
+from segkit.nn import UNet, plan_unet
+from segkit.plan import stage_sizes
 from segkit.shapes import fit_transposed
 from segkit.spec import UNetSpec
 
@@ -78,11 +79,12 @@ def monai_dynunet_on(x: torch.Tensor, spec: UNetSpec) -> str:
         return "crash: " + str(exc).split("\n")[0][:60]
 
 
-def step(net: nn.Module, x: torch.Tensor) -> float:
+def step(net: nn.Module, x: torch.Tensor, bf16: bool = False) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     t = time.perf_counter()
-    out = net(x)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = net(x)
     outs = out if isinstance(out, list | tuple) else [out]
     sum(o.float().mean() for o in outs).backward()
     if x.is_cuda:
@@ -97,6 +99,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU training)")
     args = p.parse_args()
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -112,12 +115,12 @@ def main() -> None:
     n_theirs = sum(q.numel() for q in theirs.parameters())
     x = torch.randn(args.batch, 1, *args.size, device=dev)
     for net in (ours, theirs):  # warm-up
-        step(net, x)
+        step(net, x, args.bf16)
         net.zero_grad(set_to_none=True)
     times: dict[str, list[float]] = {"segkit": [], "PlainConvUNet": []}
     for _ in range(args.repeats):  # alternate so drift hits both equally
         for name, net in (("segkit", ours), ("PlainConvUNet", theirs)):
-            times[name].append(step(net, x))
+            times[name].append(step(net, x, args.bf16))
             net.zero_grad(set_to_none=True)
     med = {k: statistics.median(v) for k, v in times.items()}
 
@@ -152,7 +155,8 @@ def main() -> None:
     size = "×".join(map(str, args.size))
     print(
         f"\nnnU-Net 3d_fullres topology, batch {args.batch}, {size}, forward+backward, "
-        f"device {dev} ({torch.get_num_threads()} threads), median of {args.repeats}\n"
+        f"device {dev} ({torch.get_num_threads()} threads)"
+        f"{', bf16 autocast' if args.bf16 else ''}, median of {args.repeats}\n"
     )
     print(f"{'network':<16}{'params':>14}{'median s/iter':>16}{'vs anchor':>11}")
     print(f"{'PlainConvUNet':<16}{n_theirs:>14,}{med['PlainConvUNet']:>16.3f}{1.0:>10.2f}x")

@@ -1,12 +1,17 @@
-"""The ``segkit`` command: plan, make-demo, predict, evaluate, export, sweep-report."""
+"""The ``segkit`` command: plan, configure, predict, evaluate, export, make-demo, sweep-report.
+
+Every subcommand reads its arguments in one grammar, Hydra-style ``key=value``
+(:mod:`segkit.args`), and prints its keys with ``segkit COMMAND --help``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+from segkit.args import Arguments, Command, Key, help_text, parse, signature_defaults
+from segkit.config import config_help
 from segkit.errors import SegkitError
 from segkit.table import format_table
 
@@ -32,15 +37,15 @@ and how to fix it.
 
 
 def _plan_one(overrides: Sequence[str]):
+    from dataclasses import replace
     from pathlib import Path
 
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from segkit.config import check_data_choice, compose, composition, model_config
+    from segkit.config import check_data_choice, compose, plan_network
     from segkit.data.layouts import read_dataset_info
-    from segkit.plan import plan_unet
     from segkit.planner import apply_planner
-    from segkit.spec import UNetSpec
 
     cfg = apply_planner(compose(overrides, hydra_config=True), overrides, record=False)
     check_data_choice(cfg)
@@ -49,38 +54,31 @@ def _plan_one(overrides: Sequence[str]):
         counts = (info.num_channels, info.num_classes)
     except (SegkitError, OmegaConfBaseException, OSError):
         counts = None  # no (readable) dataset yet: the plan still shows, with a note
-    model = model_config(
-        cfg, num_channels=counts[0] if counts else None, num_classes=counts[1] if counts else None
+    spec, plan = plan_network(
+        cfg,
+        num_channels=counts[0] if counts else None,
+        num_classes=counts[1] if counts else None,
+        heading="segkit plan: ",
     )
-    spec = UNetSpec.from_config(model)
-    patch = list(cfg.data.patch_size)
-    title = f"{composition(cfg)}\n" + _title(spec, patch)
     if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
-        from omegaconf import OmegaConf
-
         where = (
             "data.root is not set"
             if OmegaConf.is_missing(cfg.data, "root")
             else f"no dataset.json at data.root={cfg.data.root}"
         )
-        title += (
+        note = (
             f"({where}: assuming {spec.in_channels} input channel(s) and "
             f"{spec.out_channels} classes)\n"
         )
-    return spec, plan_unet(spec, patch, title=title)
+        plan = replace(plan, title=plan.title + note)
+    return spec, plan
 
 
-def _title(spec, patch) -> str:
-    return (
-        f"segkit plan: {spec.spatial_dims}D U-Net, depth {spec.depth}, block {spec.block}, "
-        f"{spec.downsample}/{spec.upsample}, patch {'×'.join(map(str, patch))}\n"
-    )
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    if not args.multirun:
+def cmd_plan(args: Arguments) -> int:
+    """``segkit plan``: the plan table (or JSON), or with -m one row per sweep combination."""
+    if not args.values.get("multirun"):
         _, plan = _plan_one(args.overrides)
-        print(json.dumps(plan.to_dict(), indent=1) if args.json else plan.table())
+        print(json.dumps(plan.to_dict(), indent=1) if args.values.get("json") else plan.table())
         return 0
     from segkit.config import expand_sweep
     from segkit.sweeps import preview_sbatch, sweep_overrides
@@ -139,84 +137,139 @@ def _swept(overrides: Sequence[str], combo: Sequence[str]) -> set[str]:
     return variable or set(combo)
 
 
-def cmd_make_demo(args: argparse.Namespace) -> int:
+def cmd_make_demo(args: Arguments) -> int:
+    """``segkit make-demo [DIR]``: the synthetic demo dataset."""
     from pathlib import Path
 
     from segkit.data.demo import make_demo
 
-    root = make_demo(Path(args.dir), num_cases=args.num_cases, seed=args.seed)
+    given = dict(args.values)
+    if "dir" in given:
+        given["root"] = Path(given.pop("dir"))
+    root = make_demo(**given)
     print(f"demo dataset written to {root}")
     return 0
 
 
-def cmd_sweep_report(args: argparse.Namespace) -> int:
-    from segkit.sweeps.report import collect, markdown, write_report
+def _make_demo_defaults() -> dict:
+    from segkit.data.demo import make_demo
 
-    paths = write_report(args.dir, metric=args.metric)
-    print(markdown(collect(args.dir, metric=args.metric), metric=args.metric, title=args.dir))
+    return signature_defaults(make_demo, dir="root")
+
+
+def cmd_sweep_report(args: Arguments) -> int:
+    """``segkit sweep-report DIR``: summary.csv/.md/.png of a multirun."""
+    from segkit.sweeps.report import METRIC, collect, markdown, write_report
+
+    folder, metric = args.values["dir"], args.values.get("metric", METRIC)
+    paths = write_report(folder, metric=metric)
+    print(markdown(collect(folder, metric=metric), metric=metric, title=folder))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="segkit", description="U-Net segmentation of medical volumes with exact shapes."
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
+def _sweep_report_defaults() -> dict:
+    from segkit.sweeps.report import write_report
 
-    p = sub.add_parser(
-        "plan",
-        help="print the static plan of a configured network",
-        description=PLAN_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "-m",
-        "--multirun",
-        action="store_true",
-        help="expand sweep overrides (a=1,2 b=3,5) and plan every combination",
-    )
-    p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model.depth=4")
-    p.set_defaults(func=cmd_plan)
+    return signature_defaults(write_report)
 
-    p = sub.add_parser("make-demo", help="write the synthetic demo dataset (Decathlon layout)")
-    p.add_argument("dir", nargs="?", default="data/demo")
-    p.add_argument("--num-cases", type=int, default=12)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_make_demo)
 
-    from segkit.configure import add_parser as add_configure_parser
-    from segkit.inference.cli import add_parsers as add_inference_parsers
+PLAN = Command(
+    name="plan",
+    summary="print the static plan of a configured network",
+    description=PLAN_HELP,
+    keys=(
+        Key(
+            "multirun",
+            "expand sweep overrides (a=1,2 b=3,5) and plan every combination",
+            bool,
+            alias="-m",
+            default=False,
+        ),
+        Key("json", "print the plan as JSON", bool, default=False),
+    ),
+    run=cmd_plan,
+    hydra=True,
+    epilog=config_help,
+)
 
-    add_configure_parser(sub)  # configure
+MAKE_DEMO = Command(
+    name="make-demo",
+    summary="write the synthetic demo dataset (Decathlon layout)",
+    description="Write the synthetic demo dataset (Decathlon layout: dataset.json, imagesTr/,\n"
+    "labelsTr/, imagesTs/ and labelsTs/) unless DIR already holds one:\n\n"
+    "  segkit make-demo\n  segkit make-demo data/demo2 num_cases=20 seed=1",
+    keys=(
+        Key("dir", "the dataset folder to write"),
+        Key("num_cases", "labelled training cases (3 test cases are added)", int),
+        Key("seed", "random seed; the same arguments write the same files", int),
+    ),
+    run=cmd_make_demo,
+    positional=("dir",),
+    defaults=_make_demo_defaults,
+)
 
-    add_inference_parsers(sub)  # predict, export, evaluate
+SWEEP_REPORT = Command(
+    name="sweep-report",
+    summary="summarise a multirun: summary.csv/.md/.png",
+    description="Collect every job's overrides and metrics.json of a multirun (skipped and\n"
+    "failed jobs with their reason) into summary.csv, summary.md and summary.png inside\n"
+    "the sweep's directory:\n\n  segkit sweep-report outputs/demo/multiruns/2025-01-31_12-00-00",
+    keys=(
+        Key("dir", "the sweep's hydra.sweep.dir (MULTIRUN_DIR)", required=True),
+        Key("metric", "metrics.json key to sort and plot by"),
+    ),
+    run=cmd_sweep_report,
+    positional=("dir",),
+    defaults=_sweep_report_defaults,
+)
 
-    p = sub.add_parser(
-        "sweep-report",
-        help="summarise a multirun: summary.csv/.md/.png",
-        description="Collect every job's overrides and metrics.json of a "
-        "multirun (skipped and failed jobs with their reason) into summary.csv, "
-        "summary.md and summary.png inside MULTIRUN_DIR.",
-    )
-    p.add_argument("dir", metavar="MULTIRUN_DIR", help="the sweep's hydra.sweep.dir")
-    p.add_argument(
-        "--metric",
-        default="dice_mean_best",
-        help="metrics.json key to sort and plot by (default: dice_mean_best)",
-    )
-    p.set_defaults(func=cmd_sweep_report)
-    return parser
+
+def commands() -> dict[str, Command]:
+    """Every ``segkit`` subcommand by name."""
+    from segkit.configure import CONFIGURE
+    from segkit.inference.cli import EVALUATE, EXPORT, PREDICT
+
+    found = (PLAN, CONFIGURE, PREDICT, EVALUATE, EXPORT, MAKE_DEMO, SWEEP_REPORT)
+    return {c.name: c for c in found}
+
+
+def overview() -> str:
+    """``segkit --help``: one line per command."""
+    lines = [
+        "usage: segkit COMMAND [key=value ...]   (segkit COMMAND --help lists its keys)",
+        "",
+        "U-Net segmentation of medical volumes with exact shapes.",
+        "",
+        "commands:",
+    ]
+    found = commands()
+    width = max(map(len, found))
+    lines += [f"  {name:<{width}}  {c.summary}" for name, c in found.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    """Runs ``segkit COMMAND ...``; a user mistake prints one line and returns 2."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not words or words[0] in ("-h", "--help"):
+        print(overview(), end="", file=sys.stdout if words else sys.stderr)
+        return 0 if words else 2
+    found = commands()
+    command = found.get(words[0])
+    if command is None:
+        print(
+            f"segkit: error: unknown command {words[0]!r}; commands: {', '.join(found)}",
+            file=sys.stderr,
+        )
+        return 2
+    if "-h" in words[1:] or "--help" in words[1:]:
+        print(help_text(command), end="")
+        return 0
     try:
-        return func(args)
+        return command.run(parse(command, words[1:]))
     except SegkitError as exc:
-        print(f"segkit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"segkit {command.name}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from segkit.plan import Plan
+    from segkit.spec import UNetSpec
 
 
 def conf_dir() -> Path:
@@ -50,7 +55,40 @@ def compose(
                 return_hydra_config=hydra_config,
             )
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        raise ConfigError(f"config: {exc}") from None
+        raise _config_error(str(exc), overrides, config_name) from None
+
+
+def _config_error(text: str, overrides: Sequence[str], config_name: str) -> ConfigError:
+    """Hydra's multi-line composition error as one line naming the key and what is allowed."""
+    unknown = re.search(r"Could not override '([^']+)'", text)
+    if unknown:
+        key = unknown.group(1)
+        others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
+        try:
+            cfg = compose(others, config_name=config_name, hydra_config=True)
+        except ConfigError:
+            cfg = None
+        parent, node = key, None
+        while cfg is not None and parent and not isinstance(node, DictConfig):
+            parent = parent.rpartition(".")[0]
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+        names = [str(k) for k in node if not str(k).startswith("_")] if node else []
+        known = f"; {parent or 'the config'} has: {', '.join(names)}" if names else ""
+        return ConfigError(
+            f"config: unknown key {key!r}{known}. Fix: correct the key, or add a new one "
+            f"with +{key}=..."
+        )
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        options = re.findall(r"^\t(\S+)\s*$", text, flags=re.M)
+        return ConfigError(
+            f"config: {missing.group(1)}={missing.group(2)}: no such option; options: "
+            f"{', '.join(options) or '(none)'} (files in conf/{missing.group(1)}/)"
+        )
+    text = text.split("Config search path")[0]
+    return ConfigError(
+        "config: " + " ".join(line.strip() for line in text.splitlines() if line.strip())
+    )
 
 
 def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
@@ -93,6 +131,47 @@ def model_config(
                 f"override (segkit reads it from dataset.json) or set model.{key}={value}"
             )
     return model
+
+
+def describe_network(spec: UNetSpec, patch_size: Sequence[int]) -> str:
+    """One line: ``3D U-Net, depth 4, block plain, conv/transposed, patch 37×45×29``."""
+    return (
+        f"{spec.spatial_dims}D U-Net, depth {spec.depth}, block {spec.block}, "
+        f"{spec.downsample}/{spec.upsample}, patch {'×'.join(map(str, patch_size))}"
+    )
+
+
+def plan_network(
+    cfg: DictConfig,
+    *,
+    num_channels: int | None = None,
+    num_classes: int | None = None,
+    heading: str = "",
+) -> tuple[UNetSpec, Plan]:
+    """Config → spec → plan: ``cfg.model``'s network solved for ``cfg.data.patch_size``.
+
+    The one path from a composed config to a plan, for ``segkit plan`` and for
+    ``train()`` (run the planner, ``apply_planner``, first when ``planner=auto``).
+
+    Args:
+        cfg: The composed config.
+        num_channels: Input channels of the dataset (None: ``model.in_channels`` or 1).
+        num_classes: Classes incl. background (None: ``model.out_channels`` or 2).
+        heading: Put before the network's one-line description in the plan's title.
+
+    Raises:
+        ConfigError: The model config is invalid or disagrees with the dataset.
+        ShapeError: The patch size is infeasible for the network.
+    """
+    from segkit.nn import plan_unet
+    from segkit.spec import UNetSpec
+
+    spec = UNetSpec.from_config(
+        model_config(cfg, num_channels=num_channels, num_classes=num_classes)
+    )
+    patch = [int(v) for v in cfg.data.patch_size]
+    title = f"{composition(cfg)}\n{heading}{describe_network(spec, patch)}\n"
+    return spec, plan_unet(spec, patch, title=title)
 
 
 def group_choices(cfg: DictConfig) -> dict[str, str]:
@@ -149,3 +228,64 @@ def check_data_choice(cfg: DictConfig) -> None:
             "model=unet, patch 128³; see the README, 'Using your own data'), or an experiment "
             "such as experiment=msd_hippocampus"
         )
+
+
+_GROUP_HELP = {
+    "callbacks": "Lightning callbacks (checkpoints, pictures, curves)",
+    "data": "the dataset and its patches (msd: your own)",
+    "debug": "short debugging runs",
+    "experiment": "presets that set several groups at once",
+    "hparams_search": "an Optuna search space (with -m)",
+    "hydra": "run and sweep directories",
+    "launcher": "where multirun jobs run",
+    "logger": "training loggers",
+    "loss": "the training loss",
+    "model": "the network: block, depth, kernels, strides, channels",
+    "optim": "optimizer and learning-rate schedule",
+    "paths": "data and output directories",
+    "planner": "self-configuration from the data (planner=auto)",
+    "sweep": "sweep presets (+sweep=NAME with -m)",
+    "trainer": "the Lightning Trainer",
+}
+
+
+def _leaves(node: Any, prefix: str) -> list[str]:
+    from segkit.args import show
+
+    if isinstance(node, dict):
+        out = []
+        for key, value in node.items():
+            if not str(key).startswith("_"):
+                out += _leaves(value, f"{prefix}.{key}")
+        return out
+    return [f"{prefix}={show(node)}"]
+
+
+def config_help(groups: Sequence[str] = ("model", "data", "planner")) -> str:
+    """``--help`` text of a command that composes ``conf/train.yaml``: every config group
+    with its default option and its options, and the default keys of ``groups``."""
+    import textwrap
+
+    from segkit.args import show
+
+    cfg = compose([], hydra_config=True)
+    choices = {str(k): v for k, v in cfg.hydra.runtime.choices.items()}
+    root = conf_dir()
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.yaml")))
+    width = max(map(len, names))
+    lines = [
+        "Any other KEY=VALUE is a Hydra override of conf/train.yaml, as for python train.py.",
+        "config groups (GROUP=OPTION), default option, meaning, options:",
+    ]
+    for name in names:
+        default = show(choices[name]) if name in choices else f"(+{name}=...)"
+        options = ", ".join(sorted(p.stem for p in (root / name).glob("*.yaml")))
+        text = f"{name:<{width}}  {default:<16} {_GROUP_HELP.get(name, '')}; options: {options}"
+        lines += textwrap.wrap(text, 98, initial_indent="  ", subsequent_indent=" " * (width + 21))
+    for group in groups:
+        choice = choices.get(group)
+        lines.append(f"keys of {group}={show(choice)}, with their defaults:")
+        body = " ".join(_leaves(OmegaConf.to_container(cfg[group], resolve=False), group))
+        lines += textwrap.wrap(body, 96, initial_indent="  ", subsequent_indent="  ")
+    lines.append("every key of the composed config: python train.py --cfg job")
+    return "\n".join(lines) + "\n"

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-from collections.abc import Sequence
 from typing import Any
+
+from segkit.args import Arguments, Command, Key
+from segkit.config import config_help
 
 CONFIGURE_HELP = """\
 Plan target spacing, patch, batch, depth, strides, kernels and channels from the dataset's
@@ -24,18 +25,6 @@ Then train with the same overrides and planner=auto (it plans again at start-up 
 cached fingerprint), or paste the printed overrides.
 """
 
-# Short forms accepted on this command line for the planner's keys.
-_ALIASES = {"plans": "planner.plans", "configuration": "planner.configuration"}
-_ALIASES["fingerprint"] = "planner.fingerprint"
-
-
-def _translate(overrides: Sequence[str]) -> list[str]:
-    out = []
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        out.append(f"{_ALIASES[key]}={value}" if sep and key in _ALIASES else item)
-    return out
-
 
 def _override_list(fragment: dict[str, Any]) -> str:
     parts = []
@@ -46,19 +35,19 @@ def _override_list(fragment: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def cmd_configure(args: argparse.Namespace) -> int:
+def cmd_configure(args: Arguments) -> int:
     """Runs the planner (or the nnU-Net import) and prints what it decided."""
     from omegaconf import open_dict
 
     from segkit.config import compose
     from segkit.planner import explicit_keys, plan_from_config
 
-    overrides = _translate(args.overrides)
+    overrides = args.overrides
     cfg = compose(overrides, hydra_config=True)
     with open_dict(cfg):
         cfg.planner.auto = True
     result = plan_from_config(cfg, explicit_keys(overrides))
-    if args.json:
+    if args.values.get("json"):
         print(json.dumps(result.to_json(), indent=1))
         return 0
     spec = result.spec
@@ -82,19 +71,39 @@ def cmd_configure(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(sub: Any) -> None:
-    """Adds ``configure`` to the ``segkit`` command's subparsers."""
-    p = sub.add_parser(
-        "configure",
-        help="plan spacing, patch, batch and network stages from the data and a memory budget",
-        description=CONFIGURE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        help="Hydra overrides (data.root=..., planner.memory_gb=24), plans=, configuration=, "
-        "fingerprint=",
-    )
-    p.set_defaults(func=cmd_configure)
+def _planner_defaults() -> dict[str, Any]:
+    from segkit.config import compose
+
+    planner = compose([]).planner
+    return {key: planner.get(key) for key in ("plans", "configuration", "fingerprint")}
+
+
+CONFIGURE = Command(
+    name="configure",
+    summary="plan spacing, patch, batch and network stages from the data and a memory budget",
+    description=CONFIGURE_HELP,
+    keys=(
+        Key("json", "print one JSON object", bool, default=False),
+        Key(
+            "plans",
+            "an nnU-Net plans file to import (short for planner.plans)",
+            nullable=True,
+            override="planner.plans",
+        ),
+        Key(
+            "configuration",
+            "its configuration (short for planner.configuration)",
+            override="planner.configuration",
+        ),
+        Key(
+            "fingerprint",
+            "an nnU-Net dataset_fingerprint.json (short for planner.fingerprint)",
+            nullable=True,
+            override="planner.fingerprint",
+        ),
+    ),
+    run=cmd_configure,
+    hydra=True,
+    defaults=_planner_defaults,
+    epilog=config_help,
+)

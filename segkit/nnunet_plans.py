@@ -20,9 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError
+from segkit.nn import plan_unet
+from segkit.planner.memory import optimizer_state_count, training_memory
+from segkit.planner.result import PLANNED_KEYS, PlannerOptions, PlannerResult
+from segkit.planner.rules import _axes, _fmt, explain_topology
+from segkit.registry import ACTIVATIONS
+from segkit.spec import UNetSpec
 
 _NORMS = {"instancenorm": "instance", "batchnorm": "batch", "groupnorm": "group"}
-_ACTS = {"leakyrelu": "leakyrelu", "relu": "relu", "gelu": "gelu", "prelu": "prelu"}
+# nnU-Net names torch.nn classes; segkit registers its activations by the same classes
+_ACTS = {path.rsplit(".", 1)[-1].lower(): name for name, (path, _) in ACTIVATIONS.items()}
 
 
 def read_plans(path: Path) -> dict[str, Any]:
@@ -248,4 +255,89 @@ def import_plans(
     }
 
 
-__all__ = ["axis_map", "import_plans", "model_from_plans", "read_plans", "resolve_configuration"]
+def result_from_plans(cfg: Any, explicit: set[str] | Sequence[str] = ()) -> PlannerResult:
+    """An nnU-Net plan (``planner.plans``, ``planner.configuration``) as a planner result."""
+    from omegaconf import OmegaConf
+
+    from segkit.config import conf_dir
+
+    planner = cfg.planner
+    path = Path(planner.plans)
+    resenc = conf_dir() / "model" / "resenc.yaml"
+    resenc_family = None
+    if resenc.is_file():
+        from segkit.config import compose
+
+        resenc_family = OmegaConf.to_container(compose(["model=resenc"]).model, resolve=True)
+    imported = import_plans(
+        path,
+        str(planner.get("configuration") or "3d_fullres"),
+        reverse_axes=bool(planner.get("reverse_nnunet_axes", True)),
+        resenc_family=resenc_family,
+    )
+    in_ch, out_ch = cfg.model.get("in_channels"), cfg.model.get("out_channels")
+    beside = path.parent / "dataset.json"
+    if beside.is_file():
+        meta = json.loads(beside.read_text())
+        names = meta.get("channel_names") or meta.get("modality") or {}
+        in_ch = in_ch or (len(names) or None)
+        out_ch = out_ch or (len(meta.get("labels") or {}) or None)
+    model = dict(imported["model"], in_channels=int(in_ch or 1), out_channels=int(out_ch or 2))
+    spec = UNetSpec.from_config(model)
+    data = imported["data"]
+    patch = tuple(data["patch_size"])
+    plan = plan_unet(spec, patch)
+    opts = PlannerOptions.from_config(OmegaConf.to_container(planner, resolve=True))
+    optim = cfg.get("optim")
+    states = optimizer_state_count(
+        OmegaConf.to_container(optim.optimizer, resolve=True) if optim is not None else None
+    )
+    memory = training_memory(
+        spec, plan, data["batch_size"], optimizer_states=states, precision=opts.precision
+    )
+    ndim = spec.spatial_dims
+    decisions = [
+        f"imported {path} (configuration {planner.get('configuration')}, "
+        f"{imported['network_class']}, {spec.depth} stages, {plan.params:,} parameters)",
+        f"axes: nnU-Net's transposed order mapped back "
+        f"({'reversed to the voxel axes' if planner.get('reverse_nnunet_axes', True) else 'kept'})",
+        f"target spacing {_fmt(data['target_spacing'])} mm, patch {_axes(patch)}, "
+        f"batch {data['batch_size']}: as planned by nnU-Net",
+    ]
+    if not beside.is_file():
+        decisions.append(
+            f"no dataset.json beside the plans: assuming {spec.in_channels} input channel(s) and "
+            f"{spec.out_channels} classes (set model.in_channels / model.out_channels)"
+        )
+    axes = list(range(3)) if ndim == 3 else [a for a in range(3) if a != imported["slice_axis"]]
+    spacing = [data["target_spacing"][a] for a in axes]
+    decisions += explain_topology(
+        spec.strides, spec.kernel_size, spacing, [f"axis {a}" for a in axes]
+    )
+    decisions.append(f"estimated memory {memory.breakdown()}")
+    median = tuple(imported["median_shape"]) or patch
+    return PlannerResult(
+        target_spacing=tuple(float(v) for v in data["target_spacing"]),
+        patch_size=patch,
+        batch_size=int(data["batch_size"]),
+        model=model,
+        spec=spec,
+        plan=plan,
+        memory=memory,
+        budget_gb=opts.memory_gb,
+        median_shape=median,
+        decisions=tuple(decisions),
+        axis_order="nnU-Net, reversed" if planner.get("reverse_nnunet_axes", True) else "nnU-Net",
+        slice_axis=imported["slice_axis"],
+        explicit=tuple(sorted(set(explicit) & set(PLANNED_KEYS))),
+    )
+
+
+__all__ = [
+    "axis_map",
+    "import_plans",
+    "model_from_plans",
+    "read_plans",
+    "resolve_configuration",
+    "result_from_plans",
+]

@@ -1,12 +1,11 @@
-"""Static plans: every layer's padding, output_padding and sizes before anything runs.
+"""Static plans: the plan table and the feasibility arithmetic, before anything runs.
 
-:func:`plan_unet` solves a :class:`~segkit.spec.UNetSpec` for one input size:
-shape algebra (:mod:`segkit.shapes`) decides what is feasible and says how to fix
-what is not; the rows are then read off the network itself, run once on the meta
-device (:mod:`segkit.nn.trace`), so a plan and a forward pass cannot disagree.
+:class:`Plan` (rows of :class:`LayerRow`) is what segkit knows about a network at one
+input size; it renders as a table or a dict. This module is pure shape algebra and
+imports no torch: :func:`stage_sizes` is the one function for the size of every
+resolution level (and says how to fix an input that is too small), and
 :func:`plan_layers` describes an explicit stack of layers (the seed article's
-examples) by shape algebra alone. Both return a :class:`Plan`, which renders as a
-table or a dict.
+examples). A U-Net's plan is read off the network itself: :func:`segkit.nn.plan_unet`.
 """
 
 from __future__ import annotations
@@ -194,11 +193,21 @@ def _check_input(spec: UNetSpec, size: Size) -> None:
         raise ShapeError(f"input size {list(size)}: every axis must be a positive integer")
 
 
-def stage_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
-    """The size of every encoder stage's output (the skips) at ``input_size``.
+def level_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
+    """The size of every resolution level (every encoder stage's output, the skips).
 
-    Pure shape algebra: every stage's downsampling is one strided "same" conv
-    (``ceil``) or one pooling (``floor``), whatever the blocks are.
+    Pure shape algebra, unchecked (:func:`stage_sizes` checks): every stage's
+    downsampling is one strided "same" conv (``ceil``) or one pooling (``floor``),
+    whatever the blocks are (:meth:`segkit.spec.UNetSpec.downsamples`).
+    """
+    sizes: list[Size] = [tuple(int(v) for v in input_size)]
+    for i in range(1, spec.depth):
+        sizes.append(tuple(d.out(n) for d, n in zip(spec.downsamples(i), sizes[-1])))
+    return sizes
+
+
+def stage_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
+    """:func:`level_sizes`, checked: the size of every encoder stage's output at ``input_size``.
 
     Raises:
         ShapeError: the input is too small for some level, naming the stage,
@@ -207,10 +216,9 @@ def stage_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
     size: Size = tuple(int(v) for v in input_size)
     _check_input(spec, size)
     minimum = unet_min_input_size(spec)
-    skips: list[Size] = []
-    cur = size
-    for i in range(spec.depth):
-        stride = spec.strides[i]
+    skips = level_sizes(spec, size)
+    for i in range(1, spec.depth):
+        cur, stride = skips[i - 1], spec.strides[i]
         for a in range(spec.spatial_dims):
             if cur[a] < stride[a]:
                 fit = _largest_depth(spec, size)
@@ -222,79 +230,8 @@ def stage_sizes(spec: UNetSpec, input_size: Sequence[int]) -> list[Size]:
                     f"(axis {a} ≥ {minimum[a]}), or model.depth={fit} for this input, or "
                     f"stride 1 on axis {a} from stage {i}."
                 )
-        if i > 0:
-            cur = tuple(d.out(n) for d, n in zip(spec.downsamples(i), cur))
-        skips.append(cur)
     _check_norm(spec, skips, size, minimum)
     return skips
-
-
-def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> Plan:
-    """Solve every layer of ``spec`` at ``input_size``.
-
-    Feasibility is decided by shape algebra first (a clear :class:`ShapeError`);
-    the rows are then read off the network itself, run once on the meta device
-    (:mod:`segkit.nn.trace`): sizes, padding, parameters, FLOPs and autograd's saved
-    tensors (fp32 training, one sample) cannot disagree with the module.
-
-    Raises:
-        ShapeError: the input is too small for some level, naming the stage,
-            the axis, the sizes and the fix (smallest valid size, largest depth);
-            or a user block does not keep the block contract, naming block and stage.
-    """
-    from segkit.nn.trace import trace_unet, verify_blocks
-
-    size: Size = tuple(int(v) for v in input_size)
-    stage_sizes(spec, size)
-    verify_blocks(spec)
-    traced = trace_unet(spec, size)
-    if traced.output_size != size:  # cannot happen: the solver is exact; guard it loudly
-        raise AssertionError(f"internal error: plan output {traced.output_size} != input {size}")
-    rows = tuple(
-        LayerRow(
-            name=r.name,
-            stage=_stage_of(r.name),
-            op=r.op,
-            kernel=r.kernel,
-            stride=r.stride,
-            padding=r.padding,
-            in_size=r.in_size,
-            out_size=r.out_size,
-            in_channels=r.in_channels,
-            out_channels=r.out_channels,
-            params=r.params,
-            macs=r.flops // 2,
-            output_padding=r.output_padding,
-            crop=r.crop,
-            saved=r.saved_bytes,
-        )
-        for r in traced.rows
-    )
-    return Plan(
-        rows=rows,
-        input_size=size,
-        output_size=traced.output_size,
-        in_channels=spec.in_channels,
-        out_channels=spec.out_channels,
-        params=traced.params,
-        macs=traced.flops // 2,
-        receptive_field=traced.receptive_field,
-        activation_bytes=traced.saved_bytes,
-        min_input_size=unet_min_input_size(spec),
-        title=title,
-    )
-
-
-def _stage_of(name: str) -> str:
-    parts = name.split(".")
-    if len(parts) >= 2 and parts[1].isdigit():
-        if parts[0] == "encoder":
-            return "stem" if len(parts) > 2 and parts[2] == "stem" else f"enc{parts[1]}"
-        if parts[0] == "decoder":
-            return f"dec{parts[1]}"
-        if parts[0] == "heads":
-            return "head" if parts[1] == "0" else f"ds{parts[1]}"
-    return parts[0]
 
 
 def _check_norm(spec: UNetSpec, skips: list[Size], size: Size, minimum: Size) -> None:
@@ -317,15 +254,10 @@ def _check_norm(spec: UNetSpec, skips: list[Size], size: Size, minimum: Size) ->
 
 
 def _grow_to_two(spec: UNetSpec, axis: int, start: int) -> int:
-    downs = [spec.downsamples(i)[axis] for i in range(1, spec.depth)]
     n = start
-    while True:
-        cur = n
-        for d in downs:
-            cur = d.out(cur)
-        if cur >= 2:
-            return n
+    while level_sizes(spec, (n,) * spec.spatial_dims)[-1][axis] < 2:
         n += 1
+    return n
 
 
 # ------------------------------------------------------------- explicit layer stacks
@@ -449,4 +381,4 @@ def plan_layers(
     )
 
 
-__all__ = ["LayerRow", "Plan", "plan_layers", "plan_unet", "unet_min_input_size"]
+__all__ = ["LayerRow", "Plan", "level_sizes", "plan_layers", "stage_sizes", "unet_min_input_size"]

@@ -14,12 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from segkit import registry
 from segkit.errors import ConfigError
 from segkit.shapes import Downsample, same_padding
 
 NORMS = ("instance", "batch", "group", "none")
-ACTS = ("leakyrelu", "relu", "gelu", "prelu")
-BLOCKS = ("plain", "residual", "bottleneck", "mednext")
+ACTS = tuple(registry.ACTIVATIONS)
+BLOCKS = tuple(registry.BLOCKS)
 DOWNSAMPLES = ("conv", "maxpool", "avgpool")
 UPSAMPLES = ("transposed", "interpolate", "mednext")
 SKIP_MERGES = ("concat", "add")
@@ -28,13 +29,6 @@ STEMS = ("none", "conv", "conv1x1")
 
 Axes = tuple[int, ...]
 Choice = tuple[str, tuple[tuple[str, Any], ...]]
-
-_ACT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "leakyrelu": {"negative_slope": 0.01, "inplace": True},
-    "relu": {"inplace": True},
-    "gelu": {},
-    "prelu": {},
-}
 
 
 def _is_int(value: Any) -> bool:
@@ -415,7 +409,7 @@ class UNetSpec:
 
     def act_kwargs(self) -> dict[str, Any]:
         name, kwargs = self.act
-        return {**_ACT_DEFAULTS[name], **dict(kwargs)}
+        return {**registry.ACTIVATIONS[name][1], **dict(kwargs)}
 
     def conv_padding(self, stage: int) -> tuple[tuple[int, int], ...]:
         """``(lo, hi)`` "same" padding per axis for the convs of ``stage``."""

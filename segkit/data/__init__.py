@@ -1,8 +1,8 @@
 """Data pipeline: NIfTI datasets, cached preprocessing, patches, augmentation.
 
-The names below are imported on first use (PEP 562), so ``segkit.data.io`` (atomic
-writes, NIfTI reading) stays cheap for callers that never train, e.g. ``segkit
-sweep-report``; the DataModule pulls in torch and Lightning only when asked for.
+The names below are imported on first use (PEP 562), so ``segkit.data.io`` (NIfTI
+reading and writing) stays cheap for callers that never train; the DataModule pulls
+in torch and Lightning only when asked for.
 """
 
 from __future__ import annotations

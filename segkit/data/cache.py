@@ -1,10 +1,11 @@
-"""Dataset fingerprint and the on-disk preprocessing cache.
+"""The on-disk preprocessing cache.
 
 Cache layout (one directory per dataset + settings)::
 
+    <cache_base>/fingerprint-<digest>.json   the dataset's fingerprint (segkit.data.fingerprint)
     <cache_base>/<settings hash>/
         settings.json       requested settings + dataset.json digest
-        fingerprint.json    spacings and intensity statistics
+        fingerprint.json    the spacings and intensity statistics these settings used
         preprocessor.json   resolved Preprocessor.to_dict()
         splits.json         cross-validation folds (written by the DataModule)
         cases/<id>_image.npy  float32 (C, *S), read with mmap
@@ -19,6 +20,11 @@ exclusive lock on ``<settings hash>/.lock`` (``flock``, released by the kernel
 if the process dies), so temporaries found by the holder are leftovers of a dead
 process, never another live process's files; a second process waits, then finds
 the cases done and only reads them.
+
+The statistics come from the dataset's one fingerprint, shared with the planner: a
+``planner=auto`` run has computed it already, and ``ct`` normalisation computes it (one read
+of every case) and saves it for the planner; preprocessing that needs only spacings and finds
+no fingerprint reads the headers.
 """
 
 from __future__ import annotations
@@ -31,19 +37,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
-from nibabel.orientations import io_orientation
 from tqdm.auto import tqdm
 
-from segkit.data.io import file_lock, header_spacing, save_json_atomic, save_npy_atomic
+from segkit.data.fingerprint import (
+    Fingerprint,
+    cached_fingerprint,
+    compute_dataset_fingerprint,
+    header_spacings,
+    save_fingerprint,
+)
 from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
-from segkit.data.preprocess import IntensityStats, Preprocessor, load_case
+from segkit.data.preprocess import IntensityStats, Preprocessor
 from segkit.errors import ConfigError, DataError
+from segkit.fsio import file_lock, save_json_atomic, save_npy_atomic
 
 CACHE_VERSION = 1
 MAX_FG_PER_CLASS = 10_000
-_FG_INTENSITY_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -100,43 +110,6 @@ def resolve_normalization(request: str | Sequence[str], channel_names: Sequence[
     return tuple(out)
 
 
-def _canonical_spacing(case: CaseFiles) -> list[float]:
-    path = case.images[0]
-    try:
-        img = nib.load(str(path))
-    except Exception as err:  # noqa: BLE001 - any header failure is a data problem
-        raise DataError(
-            f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
-        ) from err
-    # Same checks and rounding as read_nifti, so both give identical spacings.
-    zooms = list(header_spacing(img, path))
-    if len(zooms) < 3:
-        raise DataError(
-            f"{path}: is {len(zooms)}D; expected a 3D volume. Fix: store it as a 3D volume "
-            "(a 2D slice needs a singleton third axis)."
-        )
-    ornt = io_orientation(img.affine)
-    out = [0.0] * 3
-    for src, (dst, _) in enumerate(ornt):
-        out[int(dst)] = zooms[src]
-    return out
-
-
-def _fg_intensities(case: CaseFiles, num_channels: int, num_classes: int) -> list[list[float]]:
-    image, label, _, _ = load_case(
-        case.images, case.label, num_channels=num_channels, num_classes=num_classes
-    )
-    rng = np.random.default_rng(int(hashlib.md5(case.case_id.encode()).hexdigest()[:8], 16))
-    mask = label > 0
-    out = []
-    for channel in image:
-        values = channel[mask]
-        if values.size > _FG_INTENSITY_SAMPLES:
-            values = rng.choice(values, _FG_INTENSITY_SAMPLES, replace=False)
-        out.append(values.astype(float).tolist())
-    return out
-
-
 def _run_parallel(
     fn: Callable, jobs: Sequence[tuple], *, num_workers: int, desc: str, progress: bool
 ) -> list[Any]:
@@ -161,47 +134,49 @@ def _run_parallel(
 
 
 def compute_fingerprint(
-    dataset: Dataset, *, need_intensities: bool, num_workers: int = 1, progress: bool = True
-) -> dict[str, Any]:
-    """Spacings of all training cases and, if needed, foreground intensity stats.
+    dataset: Dataset,
+    *,
+    need_intensities: bool,
+    cache_base: Path | None = None,
+    num_workers: int = 1,
+    progress: bool = True,
+) -> tuple[dict[str, Any], Fingerprint | None]:
+    """The spacings of all training cases and, if needed, foreground intensity statistics.
+
+    Taken from the dataset's fingerprint under ``cache_base`` when there is one; else
+    ``need_intensities`` computes it (one read of every case), and otherwise the headers give
+    the spacings.
 
     Args:
         dataset: The parsed dataset.
-        need_intensities: Read images + labels for ``ct`` statistics (slower).
-        num_workers: Processes for the intensity pass.
+        need_intensities: ``ct`` statistics are needed.
+        cache_base: Where the dataset's fingerprint is cached (default ``<root>/segkit_cache``).
+        num_workers: Processes for the fingerprint pass.
         progress: Show a progress bar.
 
     Returns:
-        JSON-able dict: ``spacings``, ``median_spacing``, ``intensity_stats``.
+        The JSON-able dict (``spacings``, ``median_spacing``, ``intensity_stats``) and the
+        fingerprint computed here, for the caller to save once the statistics are accepted
+        (None when none was computed).
     """
-    spacings = [_canonical_spacing(c) for c in dataset.training]
+    fingerprint = cached_fingerprint(dataset, cache_base)
+    computed = None
+    if fingerprint is None and need_intensities:
+        fingerprint = computed = compute_dataset_fingerprint(
+            dataset, num_workers=num_workers, progress=progress
+        )
+    if fingerprint is None:
+        spacings = header_spacings(dataset)
+    else:
+        spacings = [list(sp) for sp in fingerprint.spacings]
     fp: dict[str, Any] = {
         "spacings": spacings,
         "median_spacing": np.median(np.asarray(spacings), axis=0).tolist(),
         "intensity_stats": None,
     }
     if need_intensities:
-        info = dataset.info
-        jobs = [(c, info.num_channels, info.num_classes) for c in dataset.training]
-        per_case = _run_parallel(
-            _fg_intensities, jobs, num_workers=num_workers, desc="fingerprint", progress=progress
-        )
-        stats = []
-        for ch in range(info.num_channels):
-            values = np.concatenate([np.asarray(pc[ch], dtype=float) for pc in per_case])
-            if values.size == 0:
-                values = np.zeros(1)
-            lo, hi = np.percentile(values, [0.5, 99.5])
-            stats.append(
-                {
-                    "lower": float(lo),
-                    "upper": float(hi),
-                    "mean": float(values.mean()),
-                    "std": float(values.std()),
-                }
-            )
-        fp["intensity_stats"] = stats
-    return fp
+        fp["intensity_stats"] = fingerprint.clip_statistics()
+    return fp, computed
 
 
 def _process_case(pre: dict[str, Any], case: CaseFiles, out_dir: Path, seed: int) -> str:
@@ -300,6 +275,7 @@ def preprocess_dataset(
             dataset,
             out,
             settings,
+            cache_base=base,
             target_spacing=target_spacing,
             normalization=normalization,
             image_order=image_order,
@@ -314,6 +290,7 @@ def _fill_cache(
     out: Path,
     settings: dict[str, Any],
     *,
+    cache_base: Path,
     target_spacing: Sequence[float] | None,
     normalization: str | Sequence[str],
     image_order: int,
@@ -338,13 +315,16 @@ def _fill_cache(
             fingerprint = json.loads(fp_path.read_text())
             _check_intensity_stats(fingerprint, schemes, dataset)
         else:
-            fingerprint = compute_fingerprint(
+            fingerprint, computed = compute_fingerprint(
                 dataset,
                 need_intensities="ct" in schemes,
+                cache_base=cache_base,
                 num_workers=num_workers,
                 progress=progress,
             )
             _check_intensity_stats(fingerprint, schemes, dataset)
+            if computed is not None:  # saved after the check: a refused dataset leaves no JSON
+                save_fingerprint(computed, dataset, cache_base)
             save_json_atomic(fp_path, fingerprint)
         stats = fingerprint["intensity_stats"] or [None] * info.num_channels
         preprocessor = Preprocessor(

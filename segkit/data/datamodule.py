@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader
 from segkit.data.augment import BatchAugment
 from segkit.data.cache import PreprocessedDataset, preprocess_dataset
 from segkit.data.demo import make_demo
-from segkit.data.io import read_nifti, save_json_atomic
+from segkit.data.io import read_nifti
 from segkit.data.layouts import DatasetInfo, read_dataset_info
 from segkit.data.preprocess import Preprocessor
 from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset, _check_patch_size
 from segkit.errors import ConfigError, DataError
+from segkit.fsio import save_json_atomic
 
 _SPLIT_SEED = 12345  # fixed so that changing the training seed keeps the folds
 

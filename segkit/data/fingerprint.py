@@ -1,10 +1,13 @@
-"""The dataset fingerprint the planner reads: per-case spacing, shape after the nonzero crop,
-foreground intensity statistics.
+"""The dataset fingerprint: per-case spacing, shape after the nonzero crop, foreground
+intensity statistics. The planner and preprocessing both read it; it is computed in one pass
+over the cases.
 
 It does not depend on any preprocessing setting (the planner chooses the target spacing from
 it), so it is cached once per dataset content at ``<cache base>/fingerprint-<digest>.json``,
 the digest covering dataset.json and the size and modification time of every listed file.
 Axes are those of segkit's preprocessed arrays: canonical RAS (``axis_order: "RAS"``).
+Preprocessing that needs only the spacings and finds no fingerprint reads the headers
+(:func:`header_spacings`) rather than every voxel.
 
 nnU-Net's ``dataset_fingerprint.json`` is read too (:func:`read_fingerprint`); its axes are
 nnU-Net's array order, the reverse of the file's voxel axes, and are reversed back by default.
@@ -20,15 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 from nibabel.orientations import io_orientation
 
-from segkit.data.io import save_json_atomic
+from segkit.data.io import header_spacing
 from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
 from segkit.data.preprocess import load_case, nonzero_box, resampled_shape
 from segkit.errors import DataError
+from segkit.fsio import save_json_atomic
 
-FINGERPRINT_VERSION = 1
+# 2: intensity statistics in float64 (as preprocessing's ``ct`` statistics always were).
+FINGERPRINT_VERSION = 2
 _INTENSITY_SAMPLES = 10_000
 
 
@@ -104,6 +110,20 @@ class Fingerprint:
             },
         }
 
+    def clip_statistics(self) -> list[dict[str, float] | None]:
+        """Per channel the ``ct`` normalisation's statistics (fields of
+        :class:`~segkit.data.preprocess.IntensityStats`), None where the fingerprint has none."""
+        out: list[dict[str, float] | None] = []
+        for ch in range(self.num_channels):
+            s = self.intensity[ch] if ch < len(self.intensity) else None
+            keys = ("percentile_00_5", "percentile_99_5", "mean", "std")
+            if s is None or any(k not in s for k in keys):
+                out.append(None)
+                continue
+            lower, upper, mean, std = (float(s[k]) for k in keys)
+            out.append({"lower": lower, "upper": upper, "mean": mean, "std": std})
+        return out
+
     def to_nnunet(self) -> dict[str, Any]:
         """nnU-Net's ``dataset_fingerprint.json`` content (axes reversed to nnU-Net's order)."""
         d = self.to_dict()
@@ -118,6 +138,7 @@ class Fingerprint:
 
 
 def _intensity_stats(values: np.ndarray) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
     if values.size == 0:
         values = np.zeros(1)
     lo, med, hi = np.percentile(values, [0.5, 50, 99.5])
@@ -179,9 +200,13 @@ def compute_dataset_fingerprint(
         with ProcessPoolExecutor(max_workers=num_workers) as pool:
             futures = [pool.submit(_case_fingerprint, *job) for job in jobs]
             results = []
-            for fut in futures:
-                results.append(fut.result())
-                bar.update()
+            try:
+                for fut in futures:
+                    results.append(fut.result())
+                    bar.update()
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     bar.close()
     intensity = tuple(
         _intensity_stats(np.concatenate([r["fg"][ch] for r in results]))
@@ -216,6 +241,26 @@ def fingerprint_path(dataset: Dataset, cache_dir: Path | None = None) -> Path:
     return base / f"fingerprint-{dataset_digest(dataset.root, files)}.json"
 
 
+def cached_fingerprint(dataset: Dataset, cache_dir: Path | None = None) -> Fingerprint | None:
+    """The fingerprint of ``dataset`` saved under ``cache_dir``, or None (not computed yet, or
+    unreadable, e.g. written by an older version)."""
+    path = fingerprint_path(dataset, cache_dir)
+    if not path.is_file():
+        return None
+    try:
+        return fingerprint_from_dict(json.loads(path.read_text()), source=str(path))
+    except (ValueError, KeyError, TypeError, DataError):
+        return None
+
+
+def save_fingerprint(fp: Fingerprint, dataset: Dataset, cache_dir: Path | None = None) -> Path:
+    """Saves ``fp`` where :func:`cached_fingerprint` finds it; returns the file."""
+    path = fingerprint_path(dataset, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(path, fp.to_dict())
+    return path
+
+
 def load_dataset_fingerprint(
     root: Path,
     *,
@@ -229,16 +274,42 @@ def load_dataset_fingerprint(
         DataError: The dataset is missing or a case cannot be read (names the file).
     """
     dataset = read_dataset(Path(root))
-    path = fingerprint_path(dataset, cache_dir)
-    if path.is_file():
-        try:
-            return fingerprint_from_dict(json.loads(path.read_text()), source=str(path))
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable (e.g. from an older version): recompute below
-    fp = compute_dataset_fingerprint(dataset, num_workers=num_workers, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_json_atomic(path, fp.to_dict())
+    fp = cached_fingerprint(dataset, cache_dir)
+    if fp is None:
+        fp = compute_dataset_fingerprint(dataset, num_workers=num_workers, progress=progress)
+        save_fingerprint(fp, dataset, cache_dir)
     return fp
+
+
+def header_spacings(dataset: Dataset) -> list[list[float]]:
+    """Every training case's spacing in canonical (RAS) order, from the headers alone.
+
+    The same numbers as the fingerprint's spacings (both come from :func:`header_spacing` of
+    the first image file), without reading a voxel: for preprocessing that needs nothing else.
+    """
+    return [_canonical_spacing(case) for case in dataset.training]
+
+
+def _canonical_spacing(case: CaseFiles) -> list[float]:
+    path = case.images[0]
+    try:
+        img = nib.load(str(path))
+    except Exception as err:  # noqa: BLE001 - any header failure is a data problem
+        raise DataError(
+            f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
+        ) from err
+    # Same checks and rounding as read_nifti, so both give identical spacings.
+    zooms = list(header_spacing(img, path))
+    if len(zooms) < 3:
+        raise DataError(
+            f"{path}: is {len(zooms)}D; expected a 3D volume. Fix: store it as a 3D volume "
+            "(a 2D slice needs a singleton third axis)."
+        )
+    ornt = io_orientation(img.affine)
+    out = [0.0] * 3
+    for src, (dst, _) in enumerate(ornt):
+        out[int(dst)] = zooms[src]
+    return out
 
 
 def fingerprint_from_dict(
@@ -322,9 +393,12 @@ def read_fingerprint(path: Path, *, reverse_nnunet_axes: bool = True) -> Fingerp
 
 __all__ = [
     "Fingerprint",
+    "cached_fingerprint",
     "compute_dataset_fingerprint",
     "fingerprint_from_dict",
     "fingerprint_path",
+    "header_spacings",
     "load_dataset_fingerprint",
     "read_fingerprint",
+    "save_fingerprint",
 ]

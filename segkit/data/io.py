@@ -1,33 +1,26 @@
-"""NIfTI and array I/O: validated reading, atomic writing.
+"""NIfTI I/O: validated reading, writing on a reference's grid.
 
 Every reader turns nibabel/zlib failures into `segkit.DataError` naming the file
-and the fix; every writer writes to a temporary name in the target directory and
-renames it into place, so a crash never leaves a half-written file under the
-final name.
+and the fix; `write_nifti` writes atomically through :mod:`segkit.fsio` (a
+temporary name in the target directory, then a rename), so a crash never leaves
+a half-written file under the final name.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-import uuid
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nibabel as nib
 import numpy as np
 from nibabel.openers import ImageOpener
 
 from segkit.errors import DataError
+from segkit.fsio import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _SPACING_RTOL = 1e-3  # header float32 noise is ~1e-7; a real disagreement is far larger
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -150,97 +143,6 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
     return NiftiVolume(
         data=data, affine=np.asarray(img.affine, dtype=np.float64), spacing=spacing, path=path
     )
-
-
-def _temp_sibling(path: Path, suffix: str) -> Path:
-    # Same directory so os.replace is an atomic rename on the same filesystem;
-    # leading dot + ".tmp-" lets cleanup find leftovers of a crashed run.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}")
-
-
-@contextmanager
-def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
-    """Yields a temporary sibling path that replaces `path` on success.
-
-    Args:
-        path: The final destination.
-        suffix: Ending the temporary name needs (e.g. ``".nii.gz"`` so nibabel
-            compresses).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path, suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Writes `text` (UTF-8) to `path` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-@contextmanager
-def file_lock(path: Path, *, waiting: str = "") -> Iterator[None]:
-    """Holds an exclusive advisory lock (``flock``) on `path` for the block.
-
-    The kernel releases the lock when its holder dies, so a killed process never
-    blocks the next one. Where ``fcntl`` does not exist (Windows) this does nothing.
-
-    Args:
-        path: The lock file (created if missing; never deleted: deleting it would
-            let two processes lock two different files of the same name).
-        waiting: Logged once as a warning if another process holds the lock.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.warning("%s", waiting or f"waiting for another process to release {path}")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as err:  # e.g. Lustre mounted without flock: ENOSYS / ENOLCK
-            log.warning(
-                "%s: this filesystem does not support file locks (%s); concurrent runs on it "
-                "are not protected from each other. Fix: start one job first, or mount it "
-                "with flock support.",
-                path,
-                err,
-            )
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Writes `array` as `.npy` to `path` atomically (temp file + rename)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(array))
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def save_json_atomic(path: Path, obj: Any) -> None:
-    """Writes `obj` as indented JSON to `path` atomically."""
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def write_nifti(path: Path, array: np.ndarray, reference_path: Path) -> Path:

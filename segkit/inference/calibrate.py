@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from segkit.defaults import CALIBRATION_OVERLAPS
 from segkit.errors import ConfigError
 from segkit.inference.engine import InferenceSettings, infer
 from segkit.inference.scoring import mean_dice
@@ -126,7 +127,7 @@ def calibrate(
     *,
     patch_size: Sequence[int],
     slice_axis: int = 2,
-    overlaps: Sequence[float] = (0.0, 0.25, 0.5),
+    overlaps: Sequence[float] = CALIBRATION_OVERLAPS,
     window_scales: Sequence[float] = (1.0, 1.5),
     tolerance: float = 0.005,
     sw_batch_size: int = 4,

@@ -25,9 +25,16 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 
-_PREFIX = "net."
+# The network's weights in a checkpoint's ``state_dict``: SegModule keeps it as ``self.net``.
+NET_ATTRIBUTE = "net"
 # Where training stores the inference setting it measured on the validation fold.
 CALIBRATION_KEY = "segkit_inference"
+
+
+def network_weights(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's tensors of a checkpoint's ``state_dict``, keyed as ``UNet.state_dict()``."""
+    prefix = NET_ATTRIBUTE + "."
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 @dataclass(frozen=True)
@@ -164,9 +171,9 @@ def load_model(
     except SegkitError as err:
         raise _not_segkit(path, f"its model config is invalid: {err}") from err
     net = UNet(spec)
-    weights = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    weights = network_weights(state)
     if not weights:
-        raise _not_segkit(path, "its state_dict has no 'net.*' weights")
+        raise _not_segkit(path, f"its state_dict has no '{NET_ATTRIBUTE}.*' weights")
     result = net.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise _not_segkit(

@@ -6,9 +6,14 @@ same numbers. It first :func:`decide`\\ s how to run:
 
 - **whole volume**, once, at the volume's native size (the exact-shape network takes any
   size), only where that gives the answer a sliding window would: the volume is no
-  larger than the training patch on every axis, or the network's output does not depend
-  on the extent of its input (no instance/group norm, no global statistics; batch norm in
-  eval mode uses its running statistics);
+  larger than the training patch on every axis, or every module of the network is known
+  not to depend on the extent of its input (:func:`~segkit.inference.extent.extent_dependence`:
+  no instance/group norm, no global pooling, no user block that leaves
+  ``depends_on_extent`` undeclared; batch norm in eval mode uses its running statistics)
+  and the volume is the patch plus a multiple of the total stride on every axis, so its
+  levels have the training patches' grids (:func:`~segkit.inference.extent.grid_mismatch`);
+  whole then differs from sliding only through the windows' borders
+  (``benchmarks/bench_bn_whole.py``);
 - otherwise a **Gaussian sliding window** of the training patch size (times
   ``window_scale``). Instance and group norm normalise every feature map with the
   statistics of the whole input, so a network trained on patches answers differently,
@@ -32,7 +37,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError
+from segkit.inference.extent import extent_dependence, grid_mismatch
 
 MODES = ("auto", "whole", "sliding")
 
@@ -52,7 +59,7 @@ class InferenceSettings:
     """
 
     mode: str = "auto"
-    overlap: float = 0.5
+    overlap: float = DEFAULT_OVERLAP
     window_scale: float = 1.0
     sw_batch_size: int = 4
     tta: bool = False
@@ -108,38 +115,6 @@ class Decision:
             f"sliding window {win} over {size}, overlap {self.overlap:g}, {self.windows} "
             f"windows ({self.reason})"
         )
-
-
-# ----------------------------------------------------------------- extent dependence
-
-_EXTENT_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-
-
-def extent_dependence(net: nn.Module) -> str | None:
-    """Why the network's output at a voxel depends on the extent of its input, or None.
-
-    Instance norm (without running statistics), group norm, layer norm over spatial axes
-    and batch norm in training mode normalise with statistics of the whole input. A
-    module can declare itself with a ``depends_on_extent`` attribute (e.g. a global
-    response normalisation).
-    """
-    for name, module in net.named_modules():
-        declared = getattr(module, "depends_on_extent", None)
-        if declared is not None:
-            if declared:
-                return f"{type(module).__name__} ({name}) uses statistics of the whole input"
-            continue
-        running = getattr(module, "track_running_stats", False) and not module.training
-        if isinstance(module, _EXTENT_NORMS) and not running:
-            return "instance norm normalises with statistics of the whole input"
-        if isinstance(module, nn.GroupNorm):
-            return "group norm normalises with statistics of the whole input"
-        if isinstance(module, nn.LayerNorm) and len(module.normalized_shape) > 1:
-            return "layer norm over spatial axes uses statistics of the whole input"
-        if isinstance(module, _BATCH_NORMS) and not running:
-            return "batch norm without running statistics uses the whole input's"
-    return None
 
 
 # ------------------------------------------------------------------- sliding window
@@ -202,7 +177,9 @@ def window_grid(
 
 def _check_overlap(overlap: float) -> None:
     if not 0 <= overlap < 1:
-        raise ConfigError(f"overlap: got {overlap}; expected 0 <= overlap < 1, e.g. overlap=0.5")
+        raise ConfigError(
+            f"overlap: got {overlap}; expected 0 <= overlap < 1, e.g. overlap={DEFAULT_OVERLAP}"
+        )
 
 
 def _norm_map(
@@ -253,7 +230,7 @@ def sliding_window(
     image: torch.Tensor,
     window: Sequence[int],
     *,
-    overlap: float = 0.5,
+    overlap: float = DEFAULT_OVERLAP,
     sw_batch_size: int = 4,
     gaussian: bool = True,
     progress: bool = False,
@@ -362,8 +339,10 @@ def decide(
 
     ``auto`` takes the whole volume only where it gives the sliding window's answer:
     the volume fits in one window, or the network does not depend on its input's
-    extent (and the pass fits ``memory_budget`` bytes: half the free GPU memory on
-    CUDA, 4 GiB on the CPU). Otherwise a sliding window of ``patch × window_scale``.
+    extent (:func:`extent_dependence`), the volume is the patch plus a multiple of the
+    network's total stride on every axis (:func:`grid_mismatch`) and the pass fits
+    ``memory_budget`` bytes (half the free GPU memory on CUDA, 4 GiB on the CPU).
+    Otherwise a sliding window of ``patch × window_scale``.
     """
     s = settings or InferenceSettings()
     size = tuple(int(v) for v in size)
@@ -385,9 +364,12 @@ def decide(
     why = extent_dependence(net)
     if why is not None:
         return replace(sliding, reason=f"{why}, and the volume is larger than the patch")
+    why = grid_mismatch(net, size, patch)
+    if why is not None:
+        return replace(sliding, reason=why)
     budget = _default_budget(device) if memory_budget is None else memory_budget
     if inference_bytes(net, size) <= budget:
-        return replace(whole, reason="no norm depends on the input's extent")
+        return replace(whole, reason="no module depends on the input's extent")
     return replace(sliding, reason="the whole volume would exceed the memory budget")
 
 
@@ -495,7 +477,7 @@ def predict_logits(
     *,
     window: Sequence[int],
     mode: str = "auto",
-    overlap: float = 0.5,
+    overlap: float = DEFAULT_OVERLAP,
     sw_batch_size: int = 4,
     tta: bool = False,
     memory_budget: int | None = None,

@@ -1,20 +1,24 @@
-"""Dice and HD95 of predicted label maps against reference labels, per case and class.
+"""Dice, HD95 and normalised surface Dice of predicted label maps, per case and class.
 
-HD95 is segkit's own implementation on ``scipy.ndimage``: surfaces are the
-voxels of a mask that touch the background (6-connectivity); the distance of
-every surface voxel of one mask to the other mask's surface comes from a
-Euclidean distance transform in millimetres (the label header's voxel
-spacing). HD95 is the larger of the two directed 95th percentiles
-(prediction→reference and reference→prediction), the convention of MONAI's
-``compute_hausdorff_distance(percentile=95)``; a test checks it against MONAI.
+Dice is validation's own (`segkit.inference.scoring.case_dice`). HD95 and NSD come
+from `segkit.inference.surface`, in millimetres of the label header's voxel spacing
+(anisotropic spacing included), each in the convention of its usual reference: HD95
+as MONAI's ``compute_hausdorff_distance(percentile=95)`` (voxel surfaces, the larger
+directed 95th percentile), NSD as DeepMind's ``surface-distance``
+``compute_surface_dice_at_tolerance`` (area-weighted marching-cubes surface elements;
+MONAI's ``compute_surface_dice(use_subvoxels=True)``). Tests check all three against
+those libraries and against closed forms.
 
-Conventions: a class absent from both prediction and reference is NaN for
-both metrics (and left out of the means); a class present in only one of them
-has Dice 0 and HD95 NaN (no finite distance exists). A reference case without a
-prediction is scored as an empty prediction — a failure, Dice 0 for every class
-in its reference — and marked ``no prediction``. Means follow
-`segkit.inference.scoring.mean_dice`, like ``val/dice_mean`` during training:
-per class the mean over cases, then the mean over classes (NaN left out).
+Conventions: a class absent from both prediction and reference is NaN for every
+metric (left out of the means); a class present in only one of them has Dice 0,
+NSD 0 and HD95 NaN (no finite distance exists). A reference case without a
+prediction is scored as an empty prediction — a failure, Dice 0 and NSD 0 for every
+class in its reference — and marked ``no prediction``. Means follow
+`segkit.inference.scoring.mean_dice`, like ``val/dice_mean`` during training: per
+class the mean over cases, then the mean over classes (NaN left out).
+
+`write_summary` writes nnU-Net's ``summary.json`` layout (``metric_per_case``,
+``mean`` per label, ``foreground_mean``), with NaN written as ``null``.
 """
 
 from __future__ import annotations
@@ -24,16 +28,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from segkit.data.io import NIFTI_SUFFIXES, atomic_path, read_nifti, strip_nifti_suffix
-from segkit.errors import DataError
+from segkit.data.io import NIFTI_SUFFIXES, read_nifti, strip_nifti_suffix
+from segkit.errors import ConfigError, DataError
+from segkit.fsio import atomic_path, save_json_atomic
 from segkit.inference.scoring import case_dice, mean_dice
+from segkit.inference.surface import crop_to_union, hd95_of_surfaces, surface_scores, voxel_surface
 
 _AFFINE_ATOL = 1e-3
+DEFAULT_NSD_TOLERANCE = 1.0
+_METRICS = ("Dice", "HD95", "NSD")
 
 
 @dataclass(frozen=True)
@@ -44,27 +53,66 @@ class CaseScores:
         case_id: the case's name.
         dice: per foreground class (index 1..K-1).
         hd95: per foreground class, millimetres.
+        nsd: per foreground class, normalised surface Dice; empty: not computed.
         missing: no prediction exists; scored as an empty one (a failure).
+        prediction_file: the predicted label map (None when missing).
+        reference_file: the reference label map.
     """
 
     case_id: str
     dice: tuple[float, ...]
     hd95: tuple[float, ...]
+    nsd: tuple[float, ...] = ()
     missing: bool = False
+    prediction_file: str | None = None
+    reference_file: str | None = None
 
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+    def padded(self, k: int) -> CaseScores:
+        """The same scores for ``k`` foreground classes (classes it never saw are NaN)."""
+        pad = (math.nan,) * (k - len(self.dice))
+        nsd = self.nsd or (math.nan,) * len(self.dice)
+        return CaseScores(
+            self.case_id,
+            self.dice + pad,
+            self.hd95 + pad,
+            nsd + pad,
+            self.missing,
+            self.prediction_file,
+            self.reference_file,
+        )
 
 
 def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     """The larger directed 95th percentile surface distance (mm); NaN if a mask is empty."""
-    if not pred.any() or not ref.any():
+    cropped = crop_to_union(pred.astype(bool, copy=False), ref.astype(bool, copy=False))
+    if cropped is None:
         return math.nan
-    sp, sr = _surface(pred), _surface(ref)
-    to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
-    return float(max(np.percentile(to_ref[sp], 95), np.percentile(to_pred[sr], 95)))
+    return hd95_of_surfaces(voxel_surface(cropped[0]), voxel_surface(cropped[1]), spacing)
+
+
+def nsd_tolerances(tolerance: float | Sequence[float], num_classes: int) -> list[float]:
+    """One NSD tolerance (mm) per foreground class from one value or a per-class list.
+
+    Raises:
+        ConfigError: a negative or non-finite value, or a list shorter than the classes.
+    """
+    values = [tolerance] if isinstance(tolerance, (int, float)) else list(tolerance)
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ConfigError(f"nsd_tolerance={tolerance!r}: expected numbers (mm)") from None
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise ConfigError(
+            f"nsd_tolerance={tolerance!r}: expected finite values >= 0 mm, e.g. nsd_tolerance=1.0"
+        )
+    if len(values) == 1:
+        return values * (num_classes - 1)
+    if len(values) < num_classes - 1:
+        raise ConfigError(
+            f"nsd_tolerance={values}: {len(values)} values for {num_classes - 1} foreground "
+            f"classes. Fix: give one value for all, or one per class 1..{num_classes - 1}."
+        )
+    return values[: num_classes - 1]
 
 
 def score_case(
@@ -73,13 +121,33 @@ def score_case(
     *,
     num_classes: int,
     spacing: Sequence[float],
+    nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
     case_id: str = "case",
     missing: bool = False,
 ) -> CaseScores:
-    """Dice (`scoring.case_dice`, as in validation) and HD95 for classes ``1..num_classes-1``."""
+    """Dice (`scoring.case_dice`, as in validation), HD95 and NSD for classes ``1..K-1``.
+
+    Each class is cropped to the bounding box of its prediction and reference before any
+    surface work, so a small structure in a large volume costs what its box costs.
+    """
     d = case_dice(torch.from_numpy(pred), torch.from_numpy(ref), num_classes).tolist()
-    h = [hd95(pred == c, ref == c, spacing) for c in range(1, num_classes)]
-    return CaseScores(case_id=case_id, dice=tuple(d), hd95=tuple(h), missing=missing)
+    tol = nsd_tolerances(nsd_tolerance, num_classes)
+    boxes = [ndimage.find_objects(a, max_label=num_classes - 1) for a in (pred, ref)]
+    hd, nsd = [], []
+    for c in range(1, num_classes):
+        found = [b[c - 1] for b in boxes if b[c - 1] is not None]
+        if not found:
+            hd.append(math.nan)
+            nsd.append(math.nan)
+            continue
+        box = tuple(
+            slice(min(s[a].start for s in found), max(s[a].stop for s in found))
+            for a in range(pred.ndim)
+        )
+        s = surface_scores(pred[box] == c, ref[box] == c, spacing, tol[c - 1])
+        hd.append(s.hd95)
+        nsd.append(s.nsd)
+    return CaseScores(case_id, tuple(d), tuple(hd), tuple(nsd), missing)
 
 
 def _by_case(folder: Path, what: str) -> dict[str, Path]:
@@ -95,29 +163,53 @@ def _by_case(folder: Path, what: str) -> dict[str, Path]:
     return files
 
 
+def _load_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.ndarray, tuple]:
+    rv = read_nifti(ref_path, kind="label")
+    pv = read_nifti(pred_path, kind="label") if pred_path is not None else None
+    if pv is not None and (
+        pv.data.shape != rv.data.shape or not np.allclose(pv.affine, rv.affine, atol=_AFFINE_ATOL)
+    ):
+        raise DataError(
+            f"{pv.path}: grid {pv.data.shape} does not match reference {rv.path} "
+            f"{rv.data.shape} (or their affines differ). Fix: compare predictions "
+            "written for these very images."
+        )
+    for v in (pv, rv):
+        if v is not None and not np.all(np.equal(np.mod(v.data, 1), 0)):
+            raise DataError(f"{v.path}: holds non-integer values; expected class indices.")
+        if v is not None and v.data.min() < 0:
+            raise DataError(f"{v.path}: holds negative values; expected class indices >= 0.")
+    ref = rv.data.astype(np.int64)
+    prd = np.zeros_like(ref) if pv is None else pv.data.astype(np.int64)
+    return prd, ref, tuple(rv.spacing[:3])
+
+
 def evaluate(
     *,
     pred: str | Path,
     labels: str | Path,
     num_classes: int | None = None,
+    nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
     progress: bool = False,
 ) -> list[CaseScores]:
     """Scores every reference case in ``labels`` against the prediction of the same name.
 
-    A reference case without a prediction is scored as an empty prediction (Dice 0 for
-    every class in its reference, HD95 NaN) and flagged `CaseScores.missing`, so a
-    partial prediction folder cannot raise the mean.
+    A reference case without a prediction is scored as an empty prediction (Dice 0 and
+    NSD 0 for every class in its reference, HD95 NaN) and flagged `CaseScores.missing`,
+    so a partial prediction folder cannot raise the mean. Cases are read one at a time.
 
     Args:
         pred: folder of predicted label maps (``{case}.nii.gz``).
         labels: folder of reference label maps with the same names.
         num_classes: classes incl. background; default: largest value found + 1.
+        nsd_tolerance: NSD tolerance in mm, one for all classes or one per foreground class.
 
     Returns:
-        One `CaseScores` per reference case, in name order.
+        One `CaseScores` per reference case, in name order, all with the same classes.
 
     Raises:
         DataError: a prediction without reference, grid mismatch, non-integer labels.
+        ConfigError: a bad ``nsd_tolerance``.
     """
     preds = _by_case(Path(pred), "pred")
     refs = _by_case(Path(labels), "labels")
@@ -127,36 +219,35 @@ def evaluate(
             f"labels={labels}: no reference for predicted case(s) {unmatched[:5]}. Fix: point "
             "labels= at the folder whose files have the same names (e.g. labelsTr/)."
         )
-    loaded = []
-    for case_id, r in sorted(refs.items()):
-        rv = read_nifti(r, kind="label")
-        pv = read_nifti(preds[case_id], kind="label") if case_id in preds else None
-        if pv is not None and (
-            pv.data.shape != rv.data.shape
-            or not np.allclose(pv.affine, rv.affine, atol=_AFFINE_ATOL)
-        ):
-            raise DataError(
-                f"{pv.path}: grid {pv.data.shape} does not match reference {rv.path} "
-                f"{rv.data.shape} (or their affines differ). Fix: compare predictions "
-                "written for these very images."
-            )
-        for v in (pv, rv):
-            if v is not None and not np.all(np.equal(np.mod(v.data, 1), 0)):
-                raise DataError(f"{v.path}: holds non-integer values; expected class indices.")
-        ref = rv.data.astype(np.int64)
-        prd = np.zeros_like(ref) if pv is None else pv.data.astype(np.int64)
-        loaded.append((case_id, prd, ref, rv.spacing, pv is None))
-    k = num_classes or int(max(max(a.max(), b.max()) for _, a, b, _, _ in loaded)) + 1
-    k = max(k, 2)
-    items = loaded
+    nsd_tolerances(nsd_tolerance, 2)  # a bad value fails before any case is read
+    items = sorted(refs.items())
     if progress:
         from tqdm.auto import tqdm
 
-        items = tqdm(loaded, desc="cases", leave=False)
-    return [
-        score_case(a, b, num_classes=k, spacing=sp[:3], case_id=case_id, missing=missing)
-        for case_id, a, b, sp, missing in items
-    ]
+        items = tqdm(items, desc="cases", leave=False)
+    scores = []
+    for case_id, r in items:
+        p = preds.get(case_id)
+        prd, ref, spacing = _load_pair(p, r)
+        # A class above this case's largest value is absent from both maps, so NaN: each
+        # case is scored with its own classes and padded, and no case is held in memory.
+        k = max(num_classes or 0, int(max(prd.max(), ref.max())) + 1, 2)
+        s = score_case(
+            prd,
+            ref,
+            num_classes=k,
+            spacing=spacing,
+            nsd_tolerance=nsd_tolerance,
+            case_id=case_id,
+            missing=p is None,
+        )
+        scores.append(
+            CaseScores(
+                case_id, s.dice, s.hd95, s.nsd, s.missing, None if p is None else str(p), str(r)
+            )
+        )
+    k = max(num_classes or 0, *(len(s.dice) + 1 for s in scores))
+    return [s.padded(k - 1) for s in scores]
 
 
 def _means(rows: Sequence[Sequence[float]]) -> tuple[list[float], float]:
@@ -165,25 +256,101 @@ def _means(rows: Sequence[Sequence[float]]) -> tuple[list[float], float]:
 
 
 def summary_rows(scores: Sequence[CaseScores]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (one per case, then ``mean``) with Dice and HD95 per class.
+    """Header and rows (one per case, then ``mean``) with Dice, HD95 and NSD per class.
 
     A case's ``dice_mean`` is the mean over its classes; the ``mean`` row holds each
     class's mean over cases and, as ``dice_mean``, their mean over classes (NaN left
     out) — the number ``val/dice_mean`` reports during training.
     """
+    scores = [s.padded(len(s.dice)) for s in scores]
     k = len(scores[0].dice)
-    header = ["case", "status"] + [f"dice_{c}" for c in range(1, k + 1)] + ["dice_mean"]
-    header += [f"hd95_{c}" for c in range(1, k + 1)] + ["hd95_mean"]
+    header = ["case", "status"]
+    for name in ("dice", "hd95", "nsd"):
+        header += [f"{name}_{c}" for c in range(1, k + 1)] + [f"{name}_mean"]
     rows = []
     for s in scores:
         status = "no prediction (failure)" if s.missing else "ok"
-        rows.append([s.case_id, status, *s.dice, _means([s.dice])[1], *s.hd95, _means([s.hd95])[1]])
-    dice_class, dice_mean = _means([s.dice for s in scores])
-    hd_class, hd_mean = _means([s.hd95 for s in scores])
+        row: list[Any] = [s.case_id, status]
+        for values in (s.dice, s.hd95, s.nsd):
+            row += [*values, _means([values])[1]]
+        rows.append(row)
     missing = sum(s.missing for s in scores)
     status = f"{len(scores)} cases" + (f", {missing} without prediction" if missing else "")
-    rows.append(["mean", status, *dice_class, dice_mean, *hd_class, hd_mean])
+    row = ["mean", status]
+    for name in ("dice", "hd95", "nsd"):
+        per_class, mean = _means([getattr(s, name) for s in scores])
+        row += [*per_class, mean]
+    rows.append(row)
     return header, [[r[0], r[1], *(f"{v:.4f}" for v in r[2:])] for r in rows]
+
+
+def _json_number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def summary(
+    scores: Sequence[CaseScores], *, nsd_tolerance: float | Sequence[float]
+) -> dict[str, Any]:
+    """nnU-Net's ``summary.json`` layout with Dice, HD95 (mm) and NSD per case and label.
+
+    ``metric_per_case``: one entry per case (``prediction_file``, ``reference_file``,
+    ``metrics`` per label); ``mean``: per label, each metric's mean over cases;
+    ``foreground_mean``: per metric, the mean of ``mean`` over labels. NaN (a class in
+    neither map; HD95 where a map is empty) is ``null`` and left out of every mean —
+    nnU-Net's ``foreground_mean`` instead becomes NaN when one label is NaN.
+    """
+    scores = [s.padded(len(s.dice)) for s in scores]
+    labels = [str(c) for c in range(1, len(scores[0].dice) + 1)]
+    tol = nsd_tolerances(nsd_tolerance, len(labels) + 1)
+
+    def table(s: CaseScores) -> list[list[float]]:
+        return [s.dice, s.hd95, s.nsd]
+
+    per_case = []
+    for s in scores:
+        metrics = {
+            label: {m: _json_number(v[i]) for m, v in zip(_METRICS, table(s))}
+            for i, label in enumerate(labels)
+        }
+        per_case.append(
+            {
+                "case": s.case_id,
+                "status": "no prediction (failure)" if s.missing else "ok",
+                "prediction_file": s.prediction_file,
+                "reference_file": s.reference_file,
+                "metrics": metrics,
+            }
+        )
+    means = {m: _means([table(s)[i] for s in scores]) for i, m in enumerate(_METRICS)}
+    return {
+        "metric_per_case": per_case,
+        "mean": {
+            label: {m: _json_number(means[m][0][i]) for m in _METRICS}
+            for i, label in enumerate(labels)
+        },
+        "foreground_mean": {m: _json_number(means[m][1]) for m in _METRICS},
+        "num_cases": len(scores),
+        "cases_without_prediction": [s.case_id for s in scores if s.missing],
+        "nsd_tolerance_mm": dict(zip(labels, tol)),
+        "conventions": {
+            "Dice": "2|P and R|/(|P|+|R|); null where the label is in neither map",
+            "HD95": "mm; the larger directed 95th percentile of voxel-surface distances "
+            "(MONAI compute_hausdorff_distance); null where a map lacks the label",
+            "NSD": "normalised surface Dice at nsd_tolerance_mm, area-weighted surface "
+            "elements (DeepMind surface-distance; MONAI use_subvoxels=True); 0 where "
+            "only one map has the label, null where neither has it",
+            "mean": "per label over cases, then over labels; nulls left out",
+        },
+    }
+
+
+def write_summary(
+    path: str | Path, scores: Sequence[CaseScores], *, nsd_tolerance: float | Sequence[float]
+) -> Path:
+    """Writes `summary` as JSON atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    save_json_atomic(path, summary(scores, nsd_tolerance=nsd_tolerance))
+    return path
 
 
 def describe_missing(scores: Sequence[CaseScores]) -> str:
@@ -194,7 +361,7 @@ def describe_missing(scores: Sequence[CaseScores]) -> str:
     return (
         f"{len(missing)} of {len(scores)} reference case(s) have no prediction: "
         f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; counted as failures "
-        "(Dice 0 for every class in their reference, HD95 undefined and left out)."
+        "(Dice 0 and NSD 0 for every class in their reference, HD95 undefined and left out)."
     )
 
 

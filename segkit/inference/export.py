@@ -2,12 +2,12 @@
 
 The eager :class:`~segkit.nn.UNet` solves each transposed convolution's
 ``output_padding`` and crop from the skip's size in Python; a tracer would bake
-those numbers for the one example size. :class:`ExportableUNet` computes the
-same result with shape-free tensor ops instead: the transposed convolution runs
-without padding (its "full" output), and the window of it that equals the skip
-is sliced out using the skip's size, which tracing and ``torch.export`` keep
-symbolic. Both exports are then checked against the eager model on two odd
-input sizes that differ from the example size.
+those numbers for the one example size. Its ``traceable=True`` forward, which
+:class:`ExportableUNet` runs, computes the same result with shape-free tensor ops
+instead (:mod:`segkit.nn.up`): the transposed convolution runs without padding (its
+"full" output), and the window of it that equals the skip is sliced out using the
+skip's size, which tracing and ``torch.export`` keep symbolic. Both exports are then
+checked against the eager model on two odd input sizes that differ from the example size.
 """
 
 from __future__ import annotations
@@ -17,91 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from segkit.data.io import atomic_path
 from segkit.errors import ConfigError, ExportError
+from segkit.fsio import atomic_path
 from segkit.nn import UNet
-from segkit.nn.blocks import UpTransposed
-from segkit.shapes import up_padding
 
 FORMATS = ("onnx", "torchscript")
-
-
-class _ShapeFreeUp(nn.Module):
-    """``UpTransposed`` rewritten so no size is computed in Python.
-
-    With padding ``p``, output_padding ``op`` and the one-sided crop ``c`` of
-    the eager layer, output voxel ``i`` is voxel ``p + i`` of the full (unpadded)
-    transposed convolution; voxels past the full output carry only the bias (the
-    output_padding region), and with ``c < 0`` the last ``-c`` voxels are zeros.
-    ``c`` is constant per axis; ``p`` is :func:`~segkit.shapes.up_padding`, one
-    more when ``P + u − e`` is odd, the stride ≥ 2 and the remainder
-    ``(S + P − e) mod s`` is 0 (see :func:`~segkit.shapes.fit_transposed`); that
-    choice is written with integer arithmetic on the skip's size, which the
-    exporters keep symbolic.
-    """
-
-    def __init__(self, up: UpTransposed) -> None:
-        super().__init__()
-        self.conv = up.conv
-        self.stride = tuple(int(s) for s in up.stride)
-        pads, crops, shifts, offsets = [], [], [], []
-        for down, kernel in zip(up.downs, up.kernel):
-            p = up_padding(down, kernel)
-            total = down.pad_lo + down.pad_hi + kernel - down.extent
-            shift = total >= 0 and total % 2 == 1 and down.stride >= 2
-            pads.append(p)
-            shifts.append(shift)
-            offsets.append(down.pad_lo + down.pad_hi - down.extent)
-            # the remaining crop = out − skip does not depend on the size
-            crops.append(0 if shift else total - 2 * p)
-        self.pads = tuple(pads)
-        self.shifts = tuple(shifts)
-        self.offsets = tuple(offsets)
-        self.zero_tail = tuple(max(0, -c) for c in crops)
-        self.extra = tuple(s + z for s, z in zip(self.stride, self.zero_tail))
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        ndim = x.dim() - 2
-        conv_t = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[ndim - 1]
-        y = conv_t(x, self.conv.weight, None, self.stride)
-        y = F.pad(y, [v for e in reversed(self.extra) for v in (0, e)])
-        if self.conv.bias is not None:
-            y = y + self.conv.bias.view(1, -1, *([1] * ndim))
-        for axis in range(ndim):
-            size = skip.shape[axis + 2]
-            start = self.pads[axis]
-            if self.shifts[axis]:
-                s = self.stride[axis]
-                remainder = (size + self.offsets[axis]) % s
-                start = start + 1 - (remainder + s - 1) // s  # +1 exactly when remainder == 0
-            y = y.narrow(axis + 2, start, size)
-            tail = self.zero_tail[axis]
-            if tail:
-                keep = y.narrow(axis + 2, 0, size - tail)
-                pad = [0, 0] * (ndim - 1 - axis) + [0, tail]
-                y = F.pad(keep, pad)
-        return y
-
-
-class _ShapeFreeInterp(nn.Module):
-    def __init__(self, up: nn.Module) -> None:
-        super().__init__()
-        self.conv = up.conv
-        self.mode = up.mode
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        align = None if self.mode == "nearest" else False
-        y = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=align)
-        return self.conv(y)
 
 
 class ExportableUNet(nn.Module):
     """Inference-only view of a :class:`UNet` that traces/exports for any size.
 
-    Shares the UNet's parameters; returns the full-resolution logits.
+    Shares the UNet's parameters and runs its own forward with ``traceable=True``
+    (every size-dependent number from tensor-shape arithmetic); returns the
+    full-resolution logits.
     """
 
     def __init__(self, net: UNet) -> None:
@@ -111,25 +41,11 @@ class ExportableUNet(nn.Module):
                 "export: MedNeXt up blocks (model.upsample=mednext) cannot be exported yet; "
                 "export a model with upsample=transposed or interpolate"
             )
-        self.encoder = net.encoder
-        self.stages = nn.ModuleList(net.decoder)  # merge (concat or add) + blocks: fuse()
-        self.ups = nn.ModuleList(
-            _ShapeFreeUp(stage.up)
-            if isinstance(stage.up, UpTransposed)
-            else _ShapeFreeInterp(stage.up)
-            for stage in net.decoder
-        )
-        self.head = net.heads[0]
+        self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for stage in self.encoder:
-            x = stage(x)
-            skips.append(x)
-        for i in range(len(self.stages) - 1, -1, -1):
-            skip = skips[i]
-            x = self.stages[i].fuse(skip, self.ups[i](x, skip))
-        return self.head(x)
+        out = self.net(x, traceable=True)
+        return out[0] if isinstance(out, list) else out
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from segkit.data.io import NIFTI_SUFFIXES, atomic_path, strip_nifti_suffix, write_nifti
+from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix, write_nifti
+from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError, DataError, SegkitError
+from segkit.fsio import atomic_path
 from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
 
@@ -77,7 +79,7 @@ class PredictOptions:
         # the same checks as the engine's settings, before any file is read
         InferenceSettings(
             mode=self.mode,
-            overlap=0.5 if self.overlap is None else self.overlap,
+            overlap=DEFAULT_OVERLAP if self.overlap is None else self.overlap,
             window_scale=1.0 if self.window_scale is None else self.window_scale,
             sw_batch_size=self.sw_batch_size,
             tta=self.tta,
@@ -99,7 +101,7 @@ class PredictOptions:
                 return float(cal[key]), measured
             return default, "default"
 
-        overlap, o_src = pick(self.overlap, "overlap", 0.5)
+        overlap, o_src = pick(self.overlap, "overlap", DEFAULT_OVERLAP)
         scale, w_src = pick(self.window_scale, "window_scale", 1.0)
         source = (
             f"overlap/window: {o_src}" if o_src == w_src else f"overlap: {o_src}; window: {w_src}"

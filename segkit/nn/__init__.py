@@ -1,5 +1,5 @@
-"""Network modules built from a spec and its solved plan."""
+"""Network modules built from a spec; the network plans itself (:func:`plan_unet`)."""
 
-from segkit.nn.unet import UNet
+from segkit.nn.unet import UNet, plan_unet
 
-__all__ = ["UNet"]
+__all__ = ["UNet", "plan_unet"]

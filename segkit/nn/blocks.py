@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segkit import registry
 from segkit.errors import ConfigError
 from segkit.nn import layers
-from segkit.shapes import Downsample, fit_transposed, same_padding
+from segkit.shapes import same_padding
 from segkit.spec import Choice, UNetSpec, is_custom
 
 Size = tuple[int, ...]
@@ -421,14 +422,6 @@ class MedNeXtBlock(nn.Module):
         return y
 
 
-BUILTIN_BLOCKS: dict[str, type[nn.Module]] = {
-    "plain": PlainBlock,
-    "residual": ResidualBlock,
-    "bottleneck": BottleneckBlock,
-    "mednext": MedNeXtBlock,
-}
-
-
 def block_class(choice: Choice, key: str) -> type[nn.Module]:
     """The class of a block choice; a user's must be an ``nn.Module`` subclass.
 
@@ -437,9 +430,8 @@ def block_class(choice: Choice, key: str) -> type[nn.Module]:
     """
     name = choice[0]
     if not is_custom(choice):
-        return BUILTIN_BLOCKS[name]
-    module, _, attr = name.rpartition(".")
-    cls = getattr(__import__(module, fromlist=[attr]), attr)
+        return layers.resolve(registry.BLOCKS[name])
+    cls = layers.resolve(name)
     if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
         raise ConfigError(
             f"model.{key}._target_: {name!r} is a {type(cls).__name__}, not an nn.Module "
@@ -485,153 +477,6 @@ def build_block(
         where = f"{context.stage} ({choice[0]})"
         block.segkit_expect = (in_channels, out_channels, tuple(stride), where)
     return block
-
-
-class UpTransposed(nn.Module):
-    """Transposed conv whose output_padding and crop are solved from the skip's size.
-
-    Padding is fixed at build time (:func:`segkit.shapes.up_padding`); the
-    remainder of the downsampling is recovered per forward call, so any input
-    size comes back exactly. ``groups = in_channels`` makes it depthwise (MedNeXt).
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        *,
-        downs: Sequence[Downsample],
-        kernel: Size,
-        bias: bool = True,
-        groups: int = 1,
-    ) -> None:
-        super().__init__()
-        self.downs: tuple[Downsample, ...] = tuple(downs)
-        self.kernel = tuple(kernel)
-        self.stride = tuple(d.stride for d in downs)
-        self.groups = groups
-        self.conv = layers.conv_transpose(spatial_dims)(
-            in_channels, out_channels, self.kernel, stride=self.stride, bias=bias, groups=groups
-        )
-        self._fit_cache: dict[tuple[int, ...], tuple] = {}
-
-    def _fit(self, skip: tuple[int, ...]) -> tuple:
-        fit = self._fit_cache.get(skip)
-        if fit is None:
-            fits = [fit_transposed(n, d, u) for n, d, u in zip(skip, self.downs, self.kernel)]
-            pad = tuple(f.padding for f in fits)
-            op = tuple(f.output_padding for f in fits)
-            crop = tuple(f.crop for f in fits)
-            fit = self._fit_cache[skip] = (pad, op, crop)
-        return fit
-
-    def plan_op(self, in_size: Size, out_size: Size) -> dict[str, Any]:
-        pad, op, crop = self._fit(tuple(out_size))
-        label = "transposed conv"
-        if self.groups > 1:
-            label += " (depthwise)"
-        elif all(k == 1 for k in self.kernel):
-            label = "transposed conv 1×1"
-        return {
-            "op": label,
-            "kernel": self.kernel,
-            "stride": self.stride,
-            "padding": tuple((p, p) for p in pad),
-            "output_padding": op,
-            "crop": crop,
-            "rf": [("up", k, s) for k, s in zip(self.kernel, self.stride)],
-        }
-
-    def forward(self, x: torch.Tensor, skip_size: Sequence[int]) -> torch.Tensor:
-        pad, op, crop = self._fit(tuple(skip_size))
-        conv_t = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[x.dim() - 2]
-        y = conv_t(x, self.conv.weight, self.conv.bias, self.stride, pad, op, self.groups)
-        if any(crop):
-            # Fixed side (the end): positive crops, negative pads with zeros.
-            y = F.pad(y, [p for c in reversed(crop) for p in (0, -c)])
-        return y
-
-
-class UpInterp(nn.Module):
-    """Interpolation to the skip's exact size, then a 1×1 conv to the skip's width."""
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        *,
-        stride: Size,
-        mode: str,
-        bias: bool = True,
-    ) -> None:
-        super().__init__()
-        self.stride = tuple(stride)
-        self.mode = (
-            "nearest"
-            if mode == "nearest"
-            else {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial_dims]
-        )
-        self.conv = layers.conv(spatial_dims)(in_channels, out_channels, 1, bias=bias)
-
-    def plan_op(self, in_size: Size, out_size: Size) -> dict[str, Any]:
-        ndim = len(in_size)
-        return {
-            "op": f"interp ({'nearest' if self.mode == 'nearest' else 'linear'}) + conv 1×1",
-            "kernel": (1,) * ndim,
-            "stride": self.stride,
-            "padding": ((0, 0),) * ndim,
-            "rf": [("up", 2 * s, s) for s in self.stride],
-        }
-
-    def forward(self, x: torch.Tensor, skip_size: Sequence[int]) -> torch.Tensor:
-        kw = {} if self.mode == "nearest" else {"align_corners": False}
-        return self.conv(F.interpolate(x, size=tuple(skip_size), mode=self.mode, **kw))
-
-
-class MedNeXtUp(nn.Module):
-    """MedNeXt's up block, exact at every size: depthwise transposed conv (stride of the
-    level) → norm → 1×1 expansion → act → (GRN) → 1×1 compression, plus a transposed
-    1×1 shortcut. Both transposed convs take their output_padding from the skip's size,
-    where MedNeXt pads one voxel at the start and works for even sizes only."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        *,
-        downs: Sequence[Downsample],
-        kernel: Size,
-        context: BlockContext,
-    ) -> None:
-        super().__init__()
-        ndim = context.spatial_dims
-        hidden = context.expansion * in_channels
-        bias = context.conv_bias
-        self.dw = UpTransposed(
-            ndim,
-            in_channels,
-            in_channels,
-            downs=downs,
-            kernel=kernel,
-            bias=bias,
-            groups=in_channels,
-        )
-        self.norm = context.norm_layer(in_channels)
-        self.expand = context.conv(in_channels, hidden, kernel=1, norm=False)
-        self.grn = GRN(hidden, ndim) if context.grn else None
-        self.compress = context.conv(hidden, out_channels, kernel=1, norm=False, act=False)
-        self.shortcut = UpTransposed(
-            ndim, in_channels, out_channels, downs=downs, kernel=(1,) * ndim, bias=bias
-        )
-        self.shortcut.parallel_path = True
-
-    def forward(self, x: torch.Tensor, skip_size: Sequence[int]) -> torch.Tensor:
-        y = self.expand(self.norm(self.dw(x, skip_size)))
-        if self.grn is not None:
-            y = self.grn(y)
-        return self.compress(y) + self.shortcut(x, skip_size)
 
 
 class Merge(nn.Module):

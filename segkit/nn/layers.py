@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
 
+from segkit import registry
 from segkit.spec import Choice, group_count
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -15,7 +17,6 @@ _POOL = {
     "maxpool": {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d},
     "avgpool": {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d},
 }
-_ACT = {"leakyrelu": nn.LeakyReLU, "relu": nn.ReLU, "gelu": nn.GELU, "prelu": nn.PReLU}
 
 
 def conv(ndim: int) -> type[nn.Module]:
@@ -65,5 +66,12 @@ def norm(choice: Choice, ndim: int, channels: int) -> nn.Module:
     return nn.Identity()
 
 
+def resolve(path: str) -> Any:
+    """The object a dotted path names (``torch.nn.ReLU``, ``segkit.nn.blocks.PlainBlock``)."""
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
 def act(name: str, kwargs: dict[str, Any]) -> nn.Module:
-    return _ACT[name](**kwargs)
+    """The activation registered as ``name`` (:data:`segkit.registry.ACTIVATIONS`)."""
+    return resolve(registry.ACTIVATIONS[name][0])(**kwargs)

@@ -18,7 +18,6 @@ saved byte belongs to exactly one row.
 
 from __future__ import annotations
 
-import functools
 import math
 import threading
 from collections.abc import Sequence
@@ -29,8 +28,8 @@ import torch
 from torch import nn
 
 from segkit.errors import ShapeError
+from segkit.nn.contract import check_block, shape_of
 from segkit.shapes import conv_out, receptive_field
-from segkit.spec import UNetSpec
 
 Size = tuple[int, ...]
 
@@ -182,32 +181,6 @@ def _describe_leaf(module: nn.Module, in_size: Size, out_size: Size) -> dict[str
     return {"op": label or type(module).__name__.lower()}
 
 
-def _shape_of(value: Any) -> torch.Size | None:
-    if isinstance(value, torch.Tensor):
-        return value.shape
-    if isinstance(value, list | tuple) and value and isinstance(value[0], torch.Tensor):
-        return value[0].shape
-    return None
-
-
-def _check_block(block: nn.Module, in_shape: torch.Size, out: Any) -> None:
-    """A user block must give ``out_channels`` × ``ceil(S/stride)``; say so if it does not."""
-    _, want_c, stride, where = block.segkit_expect
-    want = tuple(-(-n // s) for n, s in zip(in_shape[2:], stride))
-    shape = _shape_of(out)
-    got = None if shape is None else (int(shape[1]), tuple(int(v) for v in shape[2:]))
-    if got == (want_c, want):
-        return
-    x = "×".join(map(str, in_shape[2:]))
-    got_s = "not a tensor" if got is None else f"{'×'.join(map(str, got[1]))} × {got[0]} ch"
-    raise ShapeError(
-        f"{where}, stride {'×'.join(map(str, stride))}: input {x} × {in_shape[1]} ch gave "
-        f"{got_s}; the plan needs {'×'.join(map(str, want))} × {want_c} ch (ceil(size/stride) "
-        "per axis, what a 'same'-padded strided conv gives, and out_channels). Fix: pad the "
-        "block's convs by (kernel-1)//2 (context.conv(...) does) and end with out_channels"
-    )
-
-
 def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
     """Run ``net`` once on a meta tensor of ``input_shape`` (N, C, *S) in training mode.
 
@@ -266,9 +239,9 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
 
     def post(module: nn.Module, args: tuple, out: Any) -> None:
         stack.pop()
-        shapes.setdefault(module, (inputs[module], _shape_of(out)))
+        shapes.setdefault(module, (inputs[module], shape_of(out)))
         if hasattr(module, "segkit_expect") and inputs[module]:
-            _check_block(module, inputs[module][0], out)
+            check_block(module, inputs[module][0], out)
 
     handles = []
     for m in names:
@@ -313,7 +286,7 @@ def trace(net: nn.Module, input_shape: Sequence[int]) -> Trace:
         for a in range(ndim):
             chains[a].append(row.rf[a])
     params = sum(p.numel() for p in net.parameters())
-    out_shape = _shape_of(out)
+    out_shape = shape_of(out)
     return Trace(
         rows=rows,
         output_size=tuple(int(v) for v in out_shape[2:]),
@@ -389,93 +362,4 @@ def _rows(
     return rows
 
 
-@functools.lru_cache(maxsize=8)
-def meta_unet(spec: UNetSpec) -> nn.Module:
-    """The network of ``spec`` on the meta device (no memory), cached per spec."""
-    from segkit.nn.unet import UNet
-
-    with torch.device("meta"):
-        return UNet(spec)
-
-
-@functools.lru_cache(maxsize=64)
-def trace_unet(spec: UNetSpec, size: tuple[int, ...]) -> Trace:
-    """:func:`trace` of the network of ``spec`` at ``size``, per sample.
-
-    Batch norm refuses one value per channel in training, so a net that shrinks to
-    one voxel is traced with a batch of two and the totals halved. Cached per
-    (spec, size): a meta forward costs milliseconds per layer.
-    """
-    from segkit.plan import stage_sizes
-
-    batch = 1
-    if spec.norm[0] == "batch" and min(math.prod(s) for s in stage_sizes(spec, size)) == 1:
-        batch = 2
-    return trace(meta_unet(spec), (batch, spec.in_channels, *size))
-
-
-@functools.lru_cache(maxsize=32)
-def verify_blocks(spec: UNetSpec) -> None:
-    """Check every user block of ``spec`` against the contract before anything runs.
-
-    Each distinct (stage, stride, width) a user block is built with runs on a few
-    sizes per axis (``s+1``, ``2s+1``, ``3s+2``, ``4s+3``: every remainder, and at
-    least two output voxels) on the meta device (on a tiny CPU tensor if the block
-    cannot run on meta).
-
-    Raises:
-        ShapeError: naming the block, the stage, the sizes received and needed.
-    """
-    from segkit.nn.unet import DecoderStage, EncoderStage
-
-    with torch.device("meta"):
-        stages = [
-            EncoderStage(spec, i, spec.in_channels if i == 0 else spec.channels[i - 1])
-            for i in range(spec.depth)
-        ]
-        stages += [DecoderStage(spec, i) for i in range(spec.depth - 1)]
-    seen = set()
-    for stage in stages:
-        for block in stage.blocks:
-            if not hasattr(block, "segkit_expect"):
-                continue
-            cin, _, stride, where = block.segkit_expect
-            if (where, stride, cin) in seen:
-                continue
-            seen.add((where, stride, cin))
-            block.eval()  # shapes only; batch statistics of one sample are not the point
-            for k in range(4):
-                # every remainder mod s, and at least two output voxels (norms need them)
-                size = tuple((s + 1, 2 * s + 1, 3 * s + 2, 4 * s + 3)[k] for s in stride)
-                _run_block(block, cin, size)
-
-
-def _run_block(block: nn.Module, cin: int, size: Size) -> None:
-    x = torch.empty((1, cin, *size), device="meta")
-    try:
-        out = block(x)
-    except NotImplementedError:
-        block = _cpu_copy(block)
-        x = torch.zeros((1, cin, *size))
-        try:
-            out = block(x)
-        except Exception as exc:
-            raise _failed(block, size, exc) from exc
-    except Exception as exc:
-        raise _failed(block, size, exc) from exc
-    _check_block(block, x.shape, out)
-
-
-def _cpu_copy(block: nn.Module) -> nn.Module:
-    return block.to_empty(device="cpu")
-
-
-def _failed(block: nn.Module, size: Size, exc: Exception) -> ShapeError:
-    return ShapeError(
-        f"{block.segkit_expect[3]}: the block failed on an input of {'×'.join(map(str, size))} "
-        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}). A "
-        "block must accept every size and give ceil(size/stride) per axis"
-    )
-
-
-__all__ = ["Trace", "TracedRow", "meta_unet", "trace", "trace_unet", "verify_blocks"]
+__all__ = ["Trace", "TracedRow", "trace"]

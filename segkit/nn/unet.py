@@ -1,7 +1,13 @@
-"""The U-Net, built from a :class:`~segkit.spec.UNetSpec` and its solved shapes."""
+"""The U-Net, built from a :class:`~segkit.spec.UNetSpec`, and its plan.
+
+The network plans itself: :func:`plan_unet` decides feasibility by shape algebra
+(:mod:`segkit.plan`) and reads every row off this module, run once on the meta device
+(:mod:`segkit.nn.trace`), so a plan and a forward pass cannot disagree.
+"""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -12,122 +18,11 @@ from torch import nn
 
 from segkit.errors import ShapeError
 from segkit.nn import layers
-from segkit.nn.blocks import (
-    BlockContext,
-    ConvNormAct,
-    MedNeXtUp,
-    Merge,
-    UpInterp,
-    UpTransposed,
-    build_block,
-)
-from segkit.plan import Plan, plan_unet, stage_sizes, unet_min_input_size
+from segkit.nn.contract import verify_blocks
+from segkit.nn.stages import DecoderStage, EncoderStage
+from segkit.nn.trace import Trace, trace
+from segkit.plan import LayerRow, Plan, stage_sizes, unet_min_input_size
 from segkit.spec import UNetSpec
-
-
-def _stem(spec: UNetSpec) -> nn.Module | None:
-    if spec.stem == "none":
-        return None
-    ctx = BlockContext.of(spec, 0, decoder=False, index=0)
-    if spec.stem == "conv1x1":  # MedNeXt: a bare 1×1 projection
-        return ConvNormAct(
-            ctx, spec.in_channels, spec.stem_channels, kernel=1, norm=False, act=False, bias=True
-        )
-    return ConvNormAct(ctx, spec.in_channels, spec.stem_channels, dropout=False)
-
-
-class EncoderStage(nn.Module):
-    """(stem, stage 0 only) → (pooling) → ``blocks_per_stage[level]`` blocks."""
-
-    def __init__(self, spec: UNetSpec, level: int, cin: int) -> None:
-        super().__init__()
-        ndim = spec.spatial_dims
-        stride = spec.strides[level]
-        self.stem = _stem(spec) if level == 0 else None
-        if self.stem is not None:
-            cin = spec.stem_channels
-        self.down: nn.Module | None = None
-        if spec.pooling and level > 0:
-            self.down = layers.pool(spec.downsample, ndim, stride)
-            stride = (1,) * ndim
-        cout = spec.channels[level]
-        blocks = []
-        for j in range(spec.blocks_per_stage[level]):
-            ctx = BlockContext.of(spec, level, decoder=False, index=j)
-            blocks.append(
-                build_block(
-                    spec.encoder_block,
-                    "encoder_block",
-                    cin if j == 0 else cout,
-                    cout,
-                    stride if j == 0 else (1,) * ndim,
-                    ctx,
-                )
-            )
-        self.blocks = nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stem is not None:
-            x = self.stem(x)
-        if self.down is not None:
-            x = self.down(x)
-        return self.blocks(x)
-
-
-class DecoderStage(nn.Module):
-    """Upsampling to the skip's exact size → merge (concat or add) → blocks."""
-
-    def __init__(self, spec: UNetSpec, level: int) -> None:
-        super().__init__()
-        ndim = spec.spatial_dims
-        cin, cout = spec.channels[level + 1], spec.channels[level]
-        downs = spec.downsamples(level + 1)
-        if spec.upsample == "interpolate":
-            self.up: nn.Module = UpInterp(
-                ndim,
-                cin,
-                cout,
-                stride=spec.strides[level + 1],
-                mode=spec.interp_mode,
-                bias=spec.conv_bias,
-            )
-        elif spec.upsample == "mednext":
-            ctx = BlockContext.of(spec, level, decoder=True, index=0)
-            self.up = MedNeXtUp(
-                cin, cout, downs=downs, kernel=spec.up_kernel_size[level], context=ctx
-            )
-        else:
-            self.up = UpTransposed(
-                ndim,
-                cin,
-                cout,
-                downs=downs,
-                kernel=spec.up_kernel_size[level],
-                bias=spec.conv_bias,
-            )
-        self.merge = Merge(spec.skip_merge)
-        merged = 2 * cout if spec.skip_merge == "concat" else cout
-        self.blocks = nn.Sequential(
-            *(
-                build_block(
-                    spec.decoder_block,
-                    "decoder_block",
-                    merged if j == 0 else cout,
-                    cout,
-                    (1,) * ndim,
-                    BlockContext.of(spec, level, decoder=True, index=j),
-                )
-                for j in range(spec.blocks_per_stage_decoder[level])
-            )
-        )
-
-    def fuse(self, skip: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """Merge the skip with the upsampled features and run the blocks."""
-        return self.blocks(self.merge(skip, up))
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.fuse(skip, self.up(x, skip.shape[2:]))
-
 
 _LEGACY = (
     (re.compile(r"^((?:encoder|decoder)\.\d+)\.block\."), r"\1.blocks.0."),
@@ -180,8 +75,6 @@ class UNet(nn.Module):
         self._register_load_state_dict_pre_hook(_rename_legacy_keys)
         self._smallest: dict[tuple[int, ...], int] = {}
         if any(isinstance(m, nn.Module) and hasattr(m, "segkit_expect") for m in self.modules()):
-            from segkit.nn.trace import verify_blocks
-
             verify_blocks(s)
 
     def plan(self, input_size: Sequence[int]) -> Plan:
@@ -203,18 +96,30 @@ class UNet(nn.Module):
                 "larger input, or model.norm=instance|group"
             )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, *, traceable: bool = False
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Logits of ``x`` (N, C, *S).
+
+        With ``traceable=True`` every size-dependent number (a transposed conv's
+        output_padding and crop) is computed by tensor-shape arithmetic that
+        ``torch.jit.trace`` and ``torch.export`` keep symbolic, rather than by Python
+        integers that a tracer would bake in for one size; the logits are the same.
+        The input size is then not checked (:meth:`check_input`) either.
+        """
         if x.dim() != self.spec.spatial_dims + 2:
             raise ShapeError(
                 f"expected a batch of shape (N, C, {', '.join('S' * self.spec.spatial_dims)}) "
                 f"for a {self.spec.spatial_dims}D model, got {tuple(x.shape)}"
             )
-        if x.shape[1] != self.spec.in_channels:
+        # not while tracing: the traced size would only warn, and the example fixes the width
+        if not torch.jit.is_tracing() and x.shape[1] != self.spec.in_channels:
             raise ShapeError(
                 f"input has {x.shape[1]} channels but model.in_channels={self.spec.in_channels}"
             )
         # meta tensors come from the planner, which has checked the size already
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and not x.is_meta:
+        checkable = not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+        if checkable and not traceable and not x.is_meta:
             self.check_input(x.shape[2:], x.shape[0])
         skips = []
         for stage in self.encoder:
@@ -222,7 +127,7 @@ class UNet(nn.Module):
             skips.append(x)
         outputs = []
         for i in range(len(self.decoder) - 1, -1, -1):
-            x = self.decoder[i](x, skips[i])
+            x = self.decoder[i](x, skips[i], traceable=traceable)
             if i < len(self.heads) and (i == 0 or self.training):
                 outputs.append(self.heads[i](x))
         if not outputs:  # depth 1: no decoder
@@ -230,3 +135,93 @@ class UNet(nn.Module):
         if self.spec.deep_supervision and self.training:
             return outputs[::-1]
         return outputs[-1]
+
+
+@functools.lru_cache(maxsize=8)
+def meta_unet(spec: UNetSpec) -> UNet:
+    """The network of ``spec`` on the meta device (no memory), cached per spec."""
+    with torch.device("meta"):
+        return UNet(spec)
+
+
+@functools.lru_cache(maxsize=64)
+def trace_unet(spec: UNetSpec, size: tuple[int, ...]) -> Trace:
+    """:func:`~segkit.nn.trace.trace` of the network of ``spec`` at ``size``, per sample.
+
+    Batch norm refuses one value per channel in training, so a net that shrinks to
+    one voxel is traced with a batch of two and the totals halved. Cached per
+    (spec, size): a meta forward costs milliseconds per layer.
+    """
+    batch = 1
+    if spec.norm[0] == "batch" and min(math.prod(s) for s in stage_sizes(spec, size)) == 1:
+        batch = 2
+    return trace(meta_unet(spec), (batch, spec.in_channels, *size))
+
+
+def plan_unet(spec: UNetSpec, input_size: Sequence[int], *, title: str = "") -> Plan:
+    """Solve every layer of ``spec`` at ``input_size``.
+
+    Feasibility is decided by shape algebra first (:func:`segkit.plan.stage_sizes`: a
+    clear :class:`ShapeError`); the rows are then read off the network itself, run once
+    on the meta device (:mod:`segkit.nn.trace`): sizes, padding, parameters, FLOPs and
+    autograd's saved tensors (fp32 training, one sample) cannot disagree with the module.
+
+    Raises:
+        ShapeError: the input is too small for some level, naming the stage,
+            the axis, the sizes and the fix (smallest valid size, largest depth);
+            or a user block does not keep the block contract, naming block and stage.
+    """
+    size: tuple[int, ...] = tuple(int(v) for v in input_size)
+    stage_sizes(spec, size)
+    verify_blocks(spec)
+    traced = trace_unet(spec, size)
+    if traced.output_size != size:  # cannot happen: the solver is exact; guard it loudly
+        raise AssertionError(f"internal error: plan output {traced.output_size} != input {size}")
+    rows = tuple(
+        LayerRow(
+            name=r.name,
+            stage=_stage_of(r.name),
+            op=r.op,
+            kernel=r.kernel,
+            stride=r.stride,
+            padding=r.padding,
+            in_size=r.in_size,
+            out_size=r.out_size,
+            in_channels=r.in_channels,
+            out_channels=r.out_channels,
+            params=r.params,
+            macs=r.flops // 2,
+            output_padding=r.output_padding,
+            crop=r.crop,
+            saved=r.saved_bytes,
+        )
+        for r in traced.rows
+    )
+    return Plan(
+        rows=rows,
+        input_size=size,
+        output_size=traced.output_size,
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels,
+        params=traced.params,
+        macs=traced.flops // 2,
+        receptive_field=traced.receptive_field,
+        activation_bytes=traced.saved_bytes,
+        min_input_size=unet_min_input_size(spec),
+        title=title,
+    )
+
+
+def _stage_of(name: str) -> str:
+    parts = name.split(".")
+    if len(parts) >= 2 and parts[1].isdigit():
+        if parts[0] == "encoder":
+            return "stem" if len(parts) > 2 and parts[2] == "stem" else f"enc{parts[1]}"
+        if parts[0] == "decoder":
+            return f"dec{parts[1]}"
+        if parts[0] == "heads":
+            return "head" if parts[1] == "0" else f"ds{parts[1]}"
+    return parts[0]
+
+
+__all__ = ["UNet", "meta_unet", "plan_unet", "trace_unet"]

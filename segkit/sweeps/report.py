@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segkit.data.io import atomic_path, write_text_atomic
 from segkit.errors import ConfigError
+from segkit.fsio import atomic_path, write_text_atomic
 
 METRIC = "dice_mean_best"
 _STATUS_ORDER = {"ok": 0, "skipped": 1, "failed": 2, "not started": 3}

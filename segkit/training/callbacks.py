@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 
-from segkit.data.io import atomic_path
+from segkit.fsio import atomic_path
 
 
 def _figure_to_png(fig: Any, path: Path) -> np.ndarray:

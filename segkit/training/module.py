@@ -8,12 +8,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError
 from segkit.inference.engine import Decision, InferenceSettings, infer
 from segkit.inference.scoring import case_dice, mean_dice
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
+from segkit.training.schedule import build_scheduler
 
 
 def build_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
@@ -72,7 +74,7 @@ class SegModule(pl.LightningModule):
         patch_size: list[int],
         label_names: dict[int, str] | None = None,
         val_mode: str = "auto",
-        val_overlap: float = 0.5,
+        val_overlap: float = DEFAULT_OVERLAP,
         preprocessor: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
@@ -81,6 +83,7 @@ class SegModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = UNetSpec.from_config(model)
+        # the attribute names the checkpoint's weights (segkit.inference.checkpoint.NET_ATTRIBUTE)
         self.net = UNet(self.spec)
         self.loss_fn = build_loss(loss)
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()} or {
@@ -210,31 +213,10 @@ class SegModule(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optim = self.hparams.optim
         optimizer = build_optimizer(optim["optimizer"], self.parameters())
-        sched = dict(optim.get("scheduler") or {})
-        name = sched.pop("name", "none")
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        if name == "poly":
-            scheduler = torch.optim.lr_scheduler.PolynomialLR(
-                optimizer, total_iters=total, power=sched.get("exponent", 0.9)
-            )
-        elif name == "cosine":
-            warm = max(1, math.ceil(total * sched.get("warmup_fraction", 0.05)))
-            scheduler = torch.optim.lr_scheduler.SequentialLR(
-                optimizer,
-                [
-                    torch.optim.lr_scheduler.LinearLR(
-                        optimizer, start_factor=0.01, total_iters=warm
-                    ),
-                    torch.optim.lr_scheduler.CosineAnnealingLR(
-                        optimizer, T_max=max(1, total - warm)
-                    ),
-                ],
-                milestones=[warm],
-            )
-        elif name in ("none", None):
+        # poly / cosine over the step budget or trainer.max_time (segkit.training.schedule)
+        scheduler = build_scheduler(optimizer, dict(optim.get("scheduler") or {}), self.trainer)
+        if scheduler is None:
             return {"optimizer": optimizer}
-        else:
-            raise ConfigError(f"optim.scheduler.name: got {name!r}; allowed: poly, cosine, none")
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segkit.config import check_data_choice, composition, model_config
-from segkit.data.io import save_json_atomic
+from segkit.config import check_data_choice, composition, plan_network
+from segkit.defaults import CALIBRATION_OVERLAPS, DEFAULT_OVERLAP
 from segkit.errors import ConfigError, SegkitError
-from segkit.plan import Plan, plan_unet
+from segkit.fsio import save_json_atomic
+from segkit.plan import Plan
 from segkit.spec import UNetSpec
 
 log = logging.getLogger("segkit")
@@ -49,15 +50,7 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     if not isinstance(dm, SegDataModule):
         raise ConfigError(f"data: expected a segkit.data.SegDataModule, got {type(dm).__name__}")
     info = dm.dataset_info()
-    spec = UNetSpec.from_config(
-        model_config(cfg, num_channels=info.num_channels, num_classes=info.num_classes)
-    )
-    patch = [int(v) for v in cfg.data.patch_size]
-    title = (
-        f"{composition(cfg)}\n{spec.spatial_dims}D U-Net, depth {spec.depth}, {spec.block} "
-        f"blocks, {spec.downsample} down / {spec.upsample} up, patch {'×'.join(map(str, patch))}"
-    )
-    plan = plan_unet(spec, patch, title=title)
+    spec, plan = plan_network(cfg, num_channels=info.num_channels, num_classes=info.num_classes)
     # an optimizer the config cannot build fails here, not after preprocessing
     build_optimizer(
         OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
@@ -114,7 +107,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         patch_size=[int(v) for v in cfg.data.patch_size],
         label_names={int(k): v for k, v in info.label_names.items()},
         val_mode=cfg.get("val_mode", "auto"),
-        val_overlap=float(cfg.get("val_overlap", 0.5)),
+        val_overlap=float(cfg.get("val_overlap", DEFAULT_OVERLAP)),
         preprocessor=dm.preprocessor.to_dict(),
         compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
@@ -122,7 +115,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     )
     init_from = (cfg.get("init") or {}).get("from_checkpoint")
     if init_from and ckpt_path is None:
-        from segkit.nn.init import init_from_checkpoint
+        from segkit.training.upkern import init_from_checkpoint
 
         log.info(
             "init.from_checkpoint=%s: %s", init_from, init_from_checkpoint(module.net, init_from)
@@ -199,9 +192,9 @@ def _validation_cases(trainer: Any, dm: Any, *, load: bool = True):
 def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) -> dict | None:
     """Measure sliding-window settings on the validation fold for best.ckpt and last.ckpt,
     and store the cheapest one within tolerance of the best in each checkpoint."""
-    from segkit.data.io import atomic_path
+    from segkit.fsio import atomic_path
     from segkit.inference.calibrate import calibrate
-    from segkit.inference.checkpoint import CALIBRATION_KEY, read_checkpoint
+    from segkit.inference.checkpoint import CALIBRATION_KEY, network_weights, read_checkpoint
     from segkit.nn import UNet
 
     opts = cfg.get("calibrate_inference") or {}
@@ -220,9 +213,7 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
         found = measured.get(when)  # best.ckpt saved at the last step: the same weights
         if found is None:
             net = UNet(module.spec).to(device)
-            net.load_state_dict(
-                {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-            )
+            net.load_state_dict(network_weights(ckpt["state_dict"]))
             cases = (
                 (case, image.to(device), label.to(device))
                 for case, image, label in _validation_cases(trainer, dm)
@@ -233,7 +224,7 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
                 module.score_case,
                 patch_size=module.hparams.patch_size,
                 slice_axis=module.hparams.slice_axis,
-                overlaps=list(opts.get("overlaps", (0.0, 0.25, 0.5))),
+                overlaps=list(opts.get("overlaps", CALIBRATION_OVERLAPS)),
                 window_scales=list(opts.get("window_scales", (1.0, 1.5))),
                 tolerance=float(opts.get("tolerance", 0.005)),
             )

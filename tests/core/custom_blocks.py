@@ -9,7 +9,9 @@ from segkit.nn.blocks import BlockContext
 
 
 class SEBlock(nn.Module):
-    """conv → norm → act (carrying the stride), then squeeze-and-excitation."""
+    """conv → norm → act (carrying the stride), then squeeze-and-excitation: the excitation
+    weights are a mean over the whole input, so a whole volume answers unlike its windows.
+    It declares no ``depends_on_extent``, as a user's block usually does not."""
 
     def __init__(
         self,
@@ -30,6 +32,22 @@ class SEBlock(nn.Module):
         y = self.conv(x)
         w = y.mean(dim=tuple(range(2, y.dim())), keepdim=True)
         return y * torch.sigmoid(self.excite(torch.relu(self.squeeze(w))))
+
+
+class LocalBlock(nn.Module):
+    """conv → norm → act (carrying the stride), declared local: its output at a voxel reads
+    only the conv's neighbourhood, so ``auto`` may run it on a whole volume."""
+
+    depends_on_extent = False
+
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: tuple[int, ...], context: BlockContext
+    ) -> None:
+        super().__init__()
+        self.conv = context.conv(in_channels, out_channels, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
 
 
 class FloorBlock(nn.Module):

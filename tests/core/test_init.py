@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from segkit import ConfigError
 from segkit.nn import UNet
-from segkit.nn.init import init_from_checkpoint
+from segkit.training.upkern import init_from_checkpoint
 
 CFG = dict(spatial_dims=3, depth=3, channels=4, in_channels=1, out_channels=2)
 

@@ -101,3 +101,45 @@ def test_bad_config_names_the_key(cfg, key):
 def test_flat_list_error_shows_per_axis_syntax():
     with pytest.raises(ConfigError, match=r"kernel_size: \[\[1, 3, 3\], \[1, 3, 3\]"):
         UNetSpec.from_config(depth=5, kernel_size=[1, 3, 3])
+
+
+# What each built-in name means, written from the papers' and PyTorch's own names (not read
+# from segkit.registry): the spec accepts exactly these, and the network builds these classes.
+BLOCK_CLASSES = {
+    "plain": "PlainBlock",
+    "residual": "ResidualBlock",
+    "bottleneck": "BottleneckBlock",
+    "mednext": "MedNeXtBlock",
+}
+ACT_CLASSES = {"leakyrelu": "LeakyReLU", "relu": "ReLU", "gelu": "GELU", "prelu": "PReLU"}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CLASSES))
+def test_every_block_name_the_spec_accepts_builds_that_block(name):
+    from segkit.nn import UNet
+
+    net = UNet(spatial_dims=2, depth=2, channels=4, block=name)
+    built = {type(m).__name__ for m in net.modules()}
+    assert BLOCK_CLASSES[name] in built
+    assert built.isdisjoint(set(BLOCK_CLASSES.values()) - {BLOCK_CLASSES[name]})
+
+
+@pytest.mark.parametrize("name", sorted(ACT_CLASSES))
+def test_every_activation_name_the_spec_accepts_builds_that_activation(name):
+    import torch
+
+    from segkit.nn import UNet
+
+    net = UNet(spatial_dims=2, depth=2, channels=4, act=name)
+    acts = [m for m in net.modules() if type(m).__module__.startswith("torch.nn.modules.activ")]
+    assert acts and {type(m) for m in acts} == {getattr(torch.nn, ACT_CLASSES[name])}
+    if name == "leakyrelu":  # nnU-Net's slope
+        assert {m.negative_slope for m in acts} == {0.01}
+
+
+def test_the_spec_accepts_only_the_built_in_names():
+    from segkit.spec import ACTS, BLOCKS
+
+    assert set(BLOCKS) == set(BLOCK_CLASSES) and set(ACTS) == set(ACT_CLASSES)
+    with pytest.raises(ConfigError, match="allowed: leakyrelu, relu, gelu, prelu"):
+        UNetSpec.from_config(act="swish")

@@ -11,63 +11,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from segkit import ShapeError
-from segkit.nn import UNet
-from segkit.plan import plan_unet, unet_min_input_size
+from segkit.nn import UNet, plan_unet
+from segkit.plan import unet_min_input_size
 from segkit.spec import UNetSpec
+from tests.core.strategies import specs
 
 torch.set_num_threads(2)
-
-
-SE_BLOCK = {"_target_": "tests.core.custom_blocks.SEBlock", "reduction": 2}
-BLOCK_CHOICES = ["plain", "residual", "bottleneck", "mednext", SE_BLOCK]
-
-
-@st.composite
-def specs(draw):
-    ndim = draw(st.sampled_from([2, 3]))
-    depth = draw(st.integers(1, 5))
-    axes = st.lists(st.integers(1, 7), min_size=ndim, max_size=ndim)
-    kernel = draw(st.lists(axes, min_size=depth, max_size=depth))
-    strides = [[1] * ndim] + draw(
-        st.lists(
-            st.lists(st.integers(1, 3 if ndim == 2 else 2), min_size=ndim, max_size=ndim),
-            min_size=depth - 1,
-            max_size=depth - 1,
-        )
-    )
-    dilation = draw(st.lists(st.sampled_from([1, 1, 2]), min_size=depth, max_size=depth))
-    upsample = draw(st.sampled_from(["transposed", "interpolate", "mednext"]))
-    up = draw(st.one_of(st.none(), st.integers(1, 4)))
-    stem = draw(st.sampled_from([None, "conv", "conv1x1"]))
-    cfg = dict(
-        spatial_dims=ndim,
-        in_channels=draw(st.integers(1, 2)),
-        out_channels=2,
-        depth=depth,
-        channels=[draw(st.integers(2, 4)) for _ in range(depth)],
-        kernel_size=kernel,
-        strides=strides,
-        dilation=dilation,
-        convs_per_stage=draw(st.integers(1, 2)),
-        blocks_per_stage=draw(st.integers(1, 2)),
-        blocks_per_stage_decoder=draw(st.integers(1, 2)),
-        encoder_block=draw(st.sampled_from(BLOCK_CHOICES)),
-        decoder_block=draw(st.sampled_from(BLOCK_CHOICES)),
-        expansion=draw(st.integers(1, 3)),
-        grn=draw(st.booleans()),
-        shortcut=draw(st.sampled_from(["conv", "avgpool"])),
-        skip_merge=draw(st.sampled_from(["concat", "add"])),
-        stem=stem,
-        stem_channels=draw(st.one_of(st.none(), st.integers(2, 3))) if stem else None,
-        norm=draw(st.sampled_from(["instance", "batch", "group", "none"])),
-        act=draw(st.sampled_from(["leakyrelu", "relu", "gelu", "prelu"])),
-        dropout=draw(st.sampled_from([0.0, 0.0, 0.2])),
-        downsample=draw(st.sampled_from(["conv", "maxpool", "avgpool"])),
-        upsample=upsample,
-        up_kernel_size=up,
-        deep_supervision=draw(st.booleans()),
-    )
-    return UNetSpec.from_config(cfg)
 
 
 def _run_with_hooks(net: UNet, x: torch.Tensor) -> tuple[object, dict[str, tuple]]:
@@ -105,11 +54,11 @@ def _check_spec(spec: UNetSpec, data: st.DataObject) -> None:
     out, seen = _run_with_hooks(net, x)
     outs = out if isinstance(out, list) else [out]
     assert outs[0].shape == (2, spec.out_channels, *size)
-    # every layer in the plan ran with exactly the planned sizes and channels
+    # every layer in the plan ran with the planned sizes and channels (the plan agrees with
+    # a real forward; test_plan_independent checks it against closed forms and PyTorch)
     for row in plan.rows:
         assert row.name in seen, row.name
         assert seen[row.name] == (row.in_size, row.out_size, row.out_channels), row.name
-    assert plan.params == sum(p.numel() for p in net.parameters())
     if spec.deep_supervision and spec.depth > 1:
         assert len(outs) == spec.depth - 1
         for o, row in zip(outs, [r for r in plan.rows if r.name.startswith("heads.")][::-1]):

@@ -50,6 +50,8 @@ def test_two_processes_preprocess_one_dataset_at_once(make_msd, tmp_path):
             lambda: b.poll() is not None or "waiting for it to finish" in b_log.read_text(),
             "B to wait for A's lock",
         )
+        assert "waiting for it to finish" in b_log.read_text(), "B never waited for A's lock"
+        assert b.poll() is None, "B finished while A still held the lock"
     finally:
         (signals / "go").touch()
     assert a.wait(60) == 0, (tmp_path / "a.log").read_text()
@@ -72,6 +74,53 @@ def test_two_processes_preprocess_one_dataset_at_once(make_msd, tmp_path):
                 np.load(serial.cases_dir / f"{cid}_{kind}.npy"),
             )
     assert not list(cases.glob(".*.tmp-*"))
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from segkit.data import cache
+
+lock, signals, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+with cache.file_lock(lock, waiting=name + " found the lock taken"):
+    (signals / (name + ".acquired")).write_text(str(time.monotonic_ns()))
+    while not (signals / (name + ".go")).exists():
+        time.sleep(0.01)
+    (signals / (name + ".releasing")).write_text(str(time.monotonic_ns()))
+"""
+
+
+def _hold_lock(lock: Path, signals: Path, name: str) -> subprocess.Popen:
+    """A process that takes the cache's lock, stamps the moment (a clock shared by every
+    process), holds it until SIGNALS/NAME.go exists, stamps again and lets go."""
+    args = [sys.executable, "-c", _HOLDER, str(lock), str(signals), name]
+    return subprocess.Popen(args, stderr=(signals / f"{name}.log").open("w"), text=True)
+
+
+def test_second_process_waits_on_the_lock_until_the_first_lets_go(tmp_path):
+    lock, signals = tmp_path / "settings" / ".lock", tmp_path / "signals"
+    signals.mkdir()
+    a = _hold_lock(lock, signals, "A")
+    try:
+        _wait(lambda: (signals / "A.acquired").exists() or a.poll() is not None, "A's lock")
+        (signals / "B.go").touch()  # B lets go at once, once it has the lock
+        b = _hold_lock(lock, signals, "B")
+        # B is blocked (it said so) or, without a working lock, already inside
+        _wait(
+            lambda: (
+                "found the lock taken" in (signals / "B.log").read_text()
+                or (signals / "B.acquired").exists()
+                or b.poll() is not None
+            ),
+            "B to reach the lock",
+        )
+    finally:
+        (signals / "A.go").touch()
+    assert a.wait(60) == 0 and b.wait(60) == 0, (signals / "B.log").read_text()
+    assert "B found the lock taken" in (signals / "B.log").read_text()
+    # the order, not a duration: B got the lock only after A had finished holding it
+    stamps = [int((signals / n).read_text()) for n in ("A.acquired", "A.releasing", "B.acquired")]
+    assert stamps[0] < stamps[1] < stamps[2], stamps
 
 
 def test_killed_process_leaves_no_half_case_and_its_leftovers_are_cleaned(make_msd, tmp_path):

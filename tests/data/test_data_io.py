@@ -10,14 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from segkit.data.io import save_json_atomic, save_npy_atomic, write_text_atomic
+from segkit.fsio import save_json_atomic, save_npy_atomic, write_text_atomic
 
 N = 1_000_000
 # Rewrites the same file over and over with a new constant, as fast as it can.
 WRITER = f"""
 import sys
 import numpy as np
-from segkit.data.io import save_npy_atomic, write_text_atomic
+from segkit.fsio import save_npy_atomic, write_text_atomic
 path, kind = sys.argv[1], sys.argv[2]
 k = 1
 while True:
@@ -71,7 +71,7 @@ def test_lock_on_a_filesystem_without_flock_warns_and_goes_on(tmp_path, monkeypa
     import errno
     import fcntl
 
-    from segkit.data.io import file_lock
+    from segkit.fsio import file_lock
 
     def no_flock(fd, op):  # what Lustre mounted without flock answers
         raise OSError(errno.ENOSYS, "Function not implemented")

@@ -60,6 +60,13 @@ def make_checkpoint(
     path: Path, *, in_channels: int = 1, epochs: int = 2, norm: str = "batch"
 ) -> Path:
     """Trains a tiny SegModule for ``epochs`` on random patches and saves a Lightning checkpoint."""
+    train_tiny(in_channels=in_channels, epochs=epochs, norm=norm).save_checkpoint(path)
+    return path
+
+
+def train_tiny(*, in_channels: int = 1, epochs: int = 2, norm: str = "batch", **model):
+    """The Lightning trainer after fitting a tiny SegModule (``trainer.lightning_module``) for
+    ``epochs`` on random patches; ``model`` adds model config keys (e.g. a user block)."""
     import pytorch_lightning as pl
 
     from segkit.training.module import SegModule
@@ -74,6 +81,7 @@ def make_checkpoint(
             "channels": 4,
             "norm": norm,
             "deep_supervision": True,
+            **model,
         },
         optim={
             "optimizer": {
@@ -107,8 +115,7 @@ def make_checkpoint(
     )
     loader = torch.utils.data.DataLoader(_batches(in_channels), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
-    trainer.save_checkpoint(path)
-    return path
+    return trainer
 
 
 @pytest.fixture(scope="session")

@@ -135,8 +135,10 @@ def test_each_case_says_what_inference_ran_and_why(ckpt, tmp_path):
         options=PredictOptions(progress=False),
         report=lines.append,
     )
-    assert len(lines) == 1 and lines[0].startswith("big: whole volume")
-    assert "no norm depends on the input's extent" in lines[0]  # batch norm in eval
+    # batch norm in eval mode, but the preprocessed 23×20×16 is not the 16×16×12 patch plus
+    # multiples of the total stride 4: a whole pass would run on other grids
+    assert len(lines) == 1 and lines[0].startswith("big: sliding window 16×16×12 over 23×20×16")
+    assert "(axis 0 of the volume is not the patch size plus a multiple" in lines[0]
     lines.clear()
     predict(
         ckpt=ckpt,
@@ -210,3 +212,36 @@ def test_mismatched_checkpoints_are_not_averaged(ckpt, ckpt2, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot be averaged" in err and "input channels" in err
     assert outputs(tmp_path / "o") == []
+
+
+def test_trust_loads_a_user_block_checkpoint_and_predicts_as_the_trained_network(tmp_path, capsys):
+    import torch
+
+    from segkit.data.preprocess import Preprocessor
+    from tests.inference.conftest import train_tiny
+
+    se = "tests.core.custom_blocks.SEBlock"
+    trainer = train_tiny(epochs=1, encoder_block={"_target_": se, "reduction": 2})
+    ckpt = tmp_path / "se.ckpt"
+    trainer.save_checkpoint(ckpt)
+    src = write_image(tmp_path / "in" / "a.nii.gz", shape=(29, 23, 17))
+    args = ["predict", f"ckpt={ckpt}", f"input={src}", "mode=whole", "progress=false"]
+    assert main([*args, f"output={tmp_path / 'refused'}"]) == 2
+    assert f"outside segkit ({se})" in capsys.readouterr().err
+    out = tmp_path / "out"
+    assert main([*args, f"output={out}", f"trust={se}", "save_probabilities=true"]) == 0
+    written = np.asarray(nib.load(str(out / "a.nii.gz")).dataobj)
+    probs = np.load(out / "a.npz")["probabilities"].astype(np.float32)
+
+    # the network as training left it in memory, run here without segkit's inference path
+    module = trainer.lightning_module
+    assert type(module.net.encoder[0].blocks[0]).__qualname__ == "SEBlock"
+    pre = Preprocessor.from_dict(dict(module.hparams.preprocessor))
+    image, props = pre.preprocess_image([src])
+    with torch.no_grad():
+        logits = module.net.eval()(torch.from_numpy(image)[None])
+    expected = pre.invert(logits[0].argmax(0).numpy().astype(np.uint8), props)
+    np.testing.assert_array_equal(written, expected)
+    expected_probs = pre.invert(logits[0].softmax(0).numpy(), props)
+    assert expected_probs[1].max() - expected_probs[1].min() > 0.05  # not a constant map
+    np.testing.assert_allclose(probs, expected_probs, atol=1e-3)  # float16 on disk

@@ -112,7 +112,7 @@ def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, m
     # fingerprint) nor the network (the plan) are looked at again; the time itself is
     # reported in the README, not asserted here, where a loaded CI machine would make it flaky
     import segkit.data.fingerprint as fingerprint
-    import segkit.planner as planner
+    import segkit.planner.startup as planner
 
     root = make_dataset(CASES)
     overrides = ["planner=auto", "data=msd", f"data.root={root}", "model=unet"]

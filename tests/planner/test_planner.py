@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from segkit.config import compose
 from segkit.data.fingerprint import Fingerprint
 from segkit.errors import ConfigError
-from segkit.plan import plan_unet
+from segkit.nn import plan_unet
 from segkit.planner import (
     PlannerOptions,
     conv_kernels,

@@ -1,9 +1,11 @@
-"""The planner's memory model against real training steps.
+"""The planner's memory model, part by part and against the CPU allocator's peak.
 
-CPU (always): autograd's saved tensors under bf16 autocast, and the peak of the CPU
-allocator over a whole fp32 training step (forward, Dice+CE with deep supervision, backward,
-SGD step) from the profiler's allocation events. GPU (``pytest -m gpu``):
-``torch.cuda.max_memory_allocated`` over real bf16 training steps, within 20 %.
+Autograd's saved tensors under bf16 autocast (the activation term alone; the same instrument
+the plan is traced with, so this checks bytes per dtype, not the model's completeness), and
+the peak of the CPU allocator over a whole fp32 training step (forward, Dice+CE with deep
+supervision, backward, SGD step) from the profiler's allocation events, one-sided like the
+resident-set check of a fresh process (test_memory_peak.py) and the CUDA check
+(tests/training/test_gpu.py).
 """
 
 from __future__ import annotations
@@ -12,14 +14,13 @@ import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from segkit.nn import UNet
-from segkit.plan import plan_unet
+from segkit.nn import UNet, plan_unet
 from segkit.planner import training_memory
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
 
 CASES = [
-    (dict(depth=4, channels=16, out_channels=3), (40, 48, 36), 2),
+    (dict(depth=4, channels=8, out_channels=3), (28, 32, 24), 2),
     (
         dict(
             depth=4,
@@ -28,7 +29,7 @@ CASES = [
             kernel_size=[[3, 3, 1], [3, 3, 1], 3, 3],
             strides=[1, [2, 2, 1], 2, 2],
         ),
-        (64, 64, 12),
+        (40, 44, 10),
         3,
     ),
 ]
@@ -77,7 +78,7 @@ def test_bf16_saved_tensors_match_autograd_on_cpu(cfg, size, batch):
     ("cfg", "size", "batch"),
     [CASES[0], pytest.param(*CASES[1], marks=pytest.mark.slow)],
 )
-def test_estimate_within_20_percent_of_a_real_training_steps_peak_on_cpu(cfg, size, batch):
+def test_estimate_bounds_the_cpu_allocators_peak_of_a_training_step(cfg, size, batch):
     # fp32: bf16 convolutions on CPU are slow reference kernels; the bf16 bytes are checked
     # above, the GPU test checks the bf16 total.
     spec, net, x, y, opt, loss_fn = _setup(cfg, size, batch)
@@ -97,28 +98,4 @@ def test_estimate_within_20_percent_of_a_real_training_steps_peak_on_cpu(cfg, si
     resident = 4 * n + 4 * n + x.numel() * 4 + y.numel() * 8  # weights, momentum, batch
     measured = resident + peak
     est = training_memory(spec, plan_unet(spec, size), batch, precision="fp32").total
-    assert abs(est - measured) / measured < 0.20, (est, measured)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize(
-    ("cfg", "size", "batch"),
-    [
-        (dict(depth=5, channels=32, max_channels=320, out_channels=3), (96, 96, 64), 2),
-        (dict(depth=6, channels=32, max_channels=320, out_channels=4), (128, 112, 80), 2),
-        (dict(depth=4, channels=32, out_channels=3, block="residual"), (80, 80, 80), 3),
-    ],
-)
-def test_estimate_within_20_percent_of_cuda_max_memory_allocated(cfg, size, batch):
-    torch.backends.cudnn.benchmark = False  # benchmarking tries workspaces of any size
-    spec, net, x, y, opt, loss_fn = _setup(cfg, size, batch, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    for _ in range(3):
-        _step(net, x, y, loss_fn, opt, device_type="cuda")
-    torch.cuda.synchronize()
-    measured = torch.cuda.max_memory_allocated()
-    est = training_memory(spec, plan_unet(spec, size), batch).total
-    assert abs(est - measured) / measured < 0.20, (est / 2**30, measured / 2**30)
+    assert measured <= est <= 1.25 * measured, (est, measured, est / measured)

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import builtins
+import importlib
+import os
+from pathlib import Path
+
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from segkit.cli import main
 from segkit.config import check_data_choice, compose, composition
@@ -62,3 +69,68 @@ def test_experiments_compose_their_own_data_and_model():
     assert cfg.model.depth == 6 and cfg.model.channels == 32
     assert cfg.data.patch_size == [160, 160, 20] and cfg.trainer.max_epochs == 250
     assert "experiment msd_prostate · data msd · model unet" in composition(cfg)
+
+
+SENTINEL_CALLS: list[tuple] = []
+
+
+def record_call(*args, **kwargs):
+    """A target that must never run: it leaves a file behind, as arbitrary code could."""
+    SENTINEL_CALLS.append((args, kwargs))
+    if "path" in kwargs:
+        Path(kwargs["path"]).write_text("called")
+
+
+@pytest.mark.parametrize("preset", ["sgd_poly", "adamw_cosine"])
+def test_optimizer_presets_build_that_torch_class_with_their_arguments(preset):
+    from segkit.training.module import build_optimizer
+
+    cfg = OmegaConf.to_container(compose([f"optim={preset}"]).optim.optimizer)
+    module, _, name = cfg["_target_"].rpartition(".")
+    expected = getattr(importlib.import_module(module), name)
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    opt = build_optimizer(cfg, params)
+    assert type(opt) is expected
+    kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    assert kwargs and {k: opt.defaults[k] for k in kwargs} == kwargs
+    assert opt.param_groups[0]["params"] == params
+
+
+def test_optimizer_arguments_from_the_command_line_reach_the_optimizer():
+    from segkit.training.module import build_optimizer
+
+    over = ["optim=adamw_cosine", "optim.optimizer.lr=0.25", "+optim.optimizer.betas=[0.5,0.75]"]
+    cfg = OmegaConf.to_container(compose(over).optim.optimizer)
+    opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    assert type(opt) is torch.optim.AdamW
+    assert opt.defaults["lr"] == 0.25 and tuple(opt.defaults["betas"]) == (0.5, 0.75)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "os.system",
+        "builtins.eval",
+        "tests.training.test_config.record_call",
+        "torch.optim.record_call",  # a name planted in torch.optim that is not an optimizer
+        "torch.optim.lr_scheduler.LambdaLR",
+        "torch.optim.Optimizer.__init__",
+        "",
+    ],
+)
+def test_optimizer_target_outside_the_allow_list_is_refused_and_never_called(
+    target, tmp_path, monkeypatch
+):
+    from segkit.training.module import build_optimizer
+
+    sentinel = tmp_path / "called"
+    # every target resolves to the recorder, so anything that imported and called it shows
+    monkeypatch.setattr(os, "system", record_call)
+    monkeypatch.setattr(builtins, "eval", record_call)
+    monkeypatch.setattr(torch.optim, "record_call", record_call, raising=False)
+    SENTINEL_CALLS.clear()
+    cfg = {"_target_": target, "_partial_": True, "path": str(sentinel), "lr": 0.1}
+    with pytest.raises(ConfigError, match="not an optimizer segkit builds") as exc:
+        build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    assert "torch.optim.{" in str(exc.value) and "AdamW" in str(exc.value)
+    assert SENTINEL_CALLS == [] and not sentinel.exists()

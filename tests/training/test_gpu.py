@@ -42,3 +42,68 @@ def test_odd_sizes_on_gpu_under_bf16_autocast():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = net(x)
     assert out.shape == (2, 3, 65, 67, 63)
+
+
+@pytest.mark.parametrize(
+    ("preset", "patch", "precision"),
+    [
+        ("nnunet_default", (128, 128, 128), "bf16"),
+        ("unet", (96, 112, 80), "fp32"),
+        ("resenc", (128, 128, 128), "bf16"),
+        ("mednext_s", (112, 112, 96), "bf16"),
+    ],
+)
+def test_memory_estimate_bounds_cuda_max_memory_allocated(preset, patch, precision):
+    """One-sided, as on the CPU (tests/planner/test_memory_peak.py): the estimate is never
+    below the allocator's peak of a training step and at most 25 % above it."""
+    from omegaconf import OmegaConf
+
+    from segkit.config import model_config
+    from segkit.nn import UNet, plan_unet
+    from segkit.planner import optimizer_state_count, training_memory
+    from segkit.spec import UNetSpec
+    from segkit.training.losses import build_loss
+    from segkit.training.module import build_optimizer
+
+    cfg = compose([f"model={preset}"])
+    spec = UNetSpec.from_config(model_config(cfg, num_channels=1, num_classes=3))
+    optim = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
+    batch = 2
+    estimate = training_memory(
+        spec,
+        plan_unet(spec, patch),
+        batch,
+        optimizer_states=optimizer_state_count(optim),
+        precision=precision,
+        device="cuda",
+    )
+    torch.backends.cudnn.benchmark = False  # benchmarking tries workspaces of any size
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()  # before the network: the estimate includes it
+    torch.manual_seed(0)
+    net = UNet(spec).cuda()
+    opt = build_optimizer(optim, net.parameters())
+    loss_fn = build_loss({})
+    x = torch.randn(batch, 1, *patch, device="cuda")
+    y = torch.randint(0, 3, (batch, 1, *patch), device="cuda")
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = loss_fn(net(x), y)
+        loss.backward()
+        del loss
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # creates the momentum buffers: steady state from here on
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - base
+    ratio = estimate.total / measured
+    assert 1.0 <= ratio <= 1.25, (
+        f"{preset} {precision} {patch}: estimate {estimate.total / 2**30:.2f} GiB, measured "
+        f"{measured / 2**30:.2f} GiB, ratio {ratio:.3f}; {estimate.breakdown()}"
+    )

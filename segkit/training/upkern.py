@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from segkit.errors import ConfigError
+from segkit.inference.checkpoint import NET_ATTRIBUTE, network_weights, read_checkpoint
 
-_PREFIX = "net."
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -47,9 +47,10 @@ def _axes(shape: torch.Size) -> str:
 def init_from_checkpoint(net: torch.nn.Module, path: str | Path) -> str:
     """Copy every tensor of a segkit checkpoint into ``net``, resizing conv kernels.
 
-    Tensors match by name (the checkpoint's ``state_dict`` keys less the ``net.``
-    prefix) and shape; a conv kernel whose spatial size differs is resized as UpKern
-    does (trilinear in 3D, bilinear in 2D).
+    Tensors match by name (the network's keys of the checkpoint's ``state_dict``,
+    :func:`~segkit.inference.checkpoint.network_weights`) and shape; a conv kernel
+    whose spatial size differs is resized as UpKern does (trilinear in 3D, bilinear
+    in 2D).
 
     Args:
         net: the network to initialise (in place).
@@ -62,17 +63,15 @@ def init_from_checkpoint(net: torch.nn.Module, path: str | Path) -> str:
         ConfigError: the file is not a segkit checkpoint, or some tensors cannot be
             mapped (missing, unused, or of another shape) — all of them listed.
     """
-    from segkit.inference.checkpoint import read_checkpoint
-
     ckpt = read_checkpoint(path)
     state = ckpt.get("state_dict")
     if not isinstance(state, Mapping):
         raise ConfigError(f"init.from_checkpoint={path}: no 'state_dict' in the checkpoint")
-    src = {k[len(_PREFIX) :]: v for k, v in state.items() if k.startswith(_PREFIX)}
+    src = network_weights(state)
     if not src:
         raise ConfigError(
-            f"init.from_checkpoint={path}: the checkpoint has no 'net.*' weights; pass a "
-            "checkpoint written by segkit's training (RUN/checkpoints/best.ckpt)"
+            f"init.from_checkpoint={path}: the checkpoint has no '{NET_ATTRIBUTE}.*' weights; "
+            "pass a checkpoint written by segkit's training (RUN/checkpoints/best.ckpt)"
         )
     target = net.state_dict()
     problems: list[str] = []

@@ -1,0 +1,211 @@
+"""The package's shape: no import cycle, nothing imports upward, no oversized module.
+
+The import graph is read from the source with ``ast`` (every ``import`` statement, also
+those inside functions, since a lazy import still ties two modules together), independently
+of Python's import machinery, so a cycle hidden behind a function-level import is found.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.utils import REPO
+
+PACKAGE = REPO / "segkit"
+
+# Layers, lowest first. A module may import from its own layer and from lower ones only.
+# The torch-free core is the arithmetic every other layer builds on.
+LAYERS: list[tuple[str, ...]] = [
+    ("segkit.errors", "segkit.table", "segkit.fsio", "segkit.atomic", "segkit.defaults"),
+    ("segkit.args",),  # the command-line grammar (torch-free)
+    ("segkit.shapes", "segkit.spec", "segkit.plan", "segkit.registry"),
+    ("segkit.nn",),
+    ("segkit.config",),  # composing conf/ and turning a config into a spec and a plan
+    ("segkit.data",),
+    ("segkit.planner", "segkit.nnunet_plans"),
+    ("segkit.inference",),
+    ("segkit.training", "segkit.sweeps"),
+    ("segkit.configure", "segkit.cli"),
+]
+TORCH_FREE = ("segkit.errors", "segkit.table", "segkit.shapes", "segkit.spec", "segkit.plan")
+MAX_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module named by an import statement in ``path`` (relative imports resolved)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = module_name(path)
+                if path.name != "__init__.py":
+                    package = package.rpartition(".")[0]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            # ``from segkit.nn import unet`` may name a submodule.
+            found.update(f"{mod}.{alias.name}" for alias in node.names)
+    return found
+
+
+def segkit_graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = {m for m in imports_of(path) if m in modules and m != name}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    if module == "segkit":  # the package's __init__ re-exports the error classes only
+        return 0
+    for i, layer in enumerate(LAYERS):
+        if any(module == top or module.startswith(top + ".") for top in layer):
+            return i
+    raise AssertionError(f"{module} belongs to no layer in tests/test_architecture.py::LAYERS")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph between modules, with a package's ``__init__`` re-exports not counted as
+    edges from the package to its children (a package importing its own submodules is how
+    Python packages expose names; the children importing each other is what matters)."""
+    out: dict[str, set[str]] = {}
+    for mod, deps in graph.items():
+        out[mod] = {d for d in deps if not d.startswith(mod + ".")}
+    return out
+
+
+def test_no_import_cycle():
+    found = cycles(package_graph(segkit_graph()))
+    assert not found, f"import cycles (function-level imports included): {found}"
+
+
+def test_nothing_imports_upward():
+    graph = segkit_graph()
+    upward = sorted(
+        f"{mod} → {dep}"
+        for mod, deps in graph.items()
+        for dep in deps
+        if layer_of(dep) > layer_of(mod)
+    )
+    assert not upward, "imports from a higher layer:\n" + "\n".join(upward)
+
+
+@pytest.mark.parametrize("module", TORCH_FREE)
+def test_core_is_torch_free(module):
+    path = PACKAGE / (module.removeprefix("segkit.").replace(".", "/") + ".py")
+    names = imports_of(path)
+    heavy = sorted(n for n in names if n.split(".")[0] in {"torch", "numpy", "pytorch_lightning"})
+    assert not heavy, f"{module} imports {heavy}; the shape/plan core must stay torch-free"
+    # Also what it pulls in through segkit: every segkit module it imports, transitively.
+    graph = segkit_graph()
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        todo.extend(graph.get(m, ()))
+    offenders = {
+        m: sorted(n for n in imports_of(PACKAGE.parent / (m.replace(".", "/") + ".py"))
+                  if n.split(".")[0] == "torch")
+        for m in seen
+        if (PACKAGE.parent / (m.replace(".", "/") + ".py")).exists()
+    }
+    offenders = {m: v for m, v in offenders.items() if v}
+    assert not offenders, f"{module} reaches torch through {offenders}"
+
+
+def test_no_module_over_limit():
+    long = {
+        module_name(p): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_checker_finds_a_cycle_and_an_upward_import(tmp_path):
+    """The instrument itself: a hand-made graph with a known cycle and an upward edge."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert layer_of("segkit.nn.unet") > layer_of("segkit.plan")
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from segkit.nn.unet import UNet\n")
+    assert "segkit.nn.unet" in imports_of(src)
+
+
+def dot(graph: dict[str, set[str]]) -> str:
+    """The graph between segkit's packages and top-level modules, as Graphviz DOT."""
+
+    def node(m: str) -> str:
+        parts = m.split(".")
+        return ".".join(parts[:2])
+
+    edges = sorted(
+        {(node(a), node(b)) for a, deps in graph.items() for b in deps if node(a) != node(b)}
+    )
+    nodes = sorted({n for e in edges for n in e} | {node(m) for m in graph})
+    lines = ["digraph segkit {", "  rankdir=BT; node [shape=box, fontsize=10];"]
+    for i, layer in enumerate(LAYERS):
+        members = [n for n in nodes if n != "segkit" and layer_of(n) == i]
+        lines.append(f"  {{ rank=same; {' '.join(f'{chr(34)}{n}{chr(34)}' for n in members)} }}")
+    lines += [f'  "{a}" -> "{b}";' for a, b in edges]
+    return "\n".join(lines + ["}"])
+
+
+if __name__ == "__main__":  # python -m tests.test_architecture | dot -Tsvg > docs/img/imports.svg
+    print(dot(segkit_graph()))
