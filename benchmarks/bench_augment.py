@@ -4,8 +4,9 @@ Same CT-like patches, same probabilities and ranges (conf/data/msd.yaml's
 ``data.augment``, which follows nnU-Net's defaults); every row runs in this process on
 one thread, so a rate is patches per second per CPU core. Rows:
 
-- segkit ``BatchAugment`` on a batch of --batch patches (on CPU; with --device cuda
-  also on the GPU, where it is meant to run: that row is per GPU, not per core);
+- segkit ``BatchAugment`` on a batch of --batch patches with the uint8 labels its loader
+  yields (on CPU; with --device cuda also on the GPU, where it is meant to run: that row
+  is per GPU, not per core);
 - MONAI: RandFlipd x3, RandRotated, RandZoomd, RandGaussianNoised,
   RandGaussianSmoothd, RandScaleIntensityd, RandScaleIntensityFixedMeand,
   RandAdjustContrastd, per patch;
@@ -82,7 +83,7 @@ def main() -> None:
     for device in devices:
         gen = torch.Generator(device).manual_seed(0)
         x = torch.from_numpy(img).to(device)
-        y = torch.from_numpy(lab).long().to(device)
+        y = torch.from_numpy(lab).to(device)  # uint8, as segkit's PatchDataset yields it
 
         def segkit_run(x=x, y=y, gen=gen, device=device) -> int:
             for _ in range(args.batches):

@@ -198,11 +198,18 @@ MAKE_DEMO = Command(
     summary="write the synthetic demo dataset (Decathlon layout)",
     description="Write the synthetic demo dataset (Decathlon layout: dataset.json, imagesTr/,\n"
     "labelsTr/, imagesTs/ and labelsTs/) unless DIR already holds one:\n\n"
-    "  segkit make-demo\n  segkit make-demo data/demo2 num_cases=20 seed=1",
+    "  segkit make-demo\n  segkit make-demo data/demo2 num_cases=20 seed=1\n"
+    "  segkit make-demo data/demo_sparse sparse=0.2",
     keys=(
         Key("dir", "the dataset folder to write"),
         Key("num_cases", "labelled training cases (3 test cases are added)", int),
         Key("seed", "random seed; the same arguments write the same files", int),
+        Key(
+            "sparse",
+            "annotate only this fraction of slices (last axis); the rest is 'ignore'",
+            float,
+            nullable=True,
+        ),
     ),
     run=cmd_make_demo,
     positional=("dir",),

@@ -332,6 +332,14 @@ def plan_layers(
                             f"layers[{n}] ({kind}), axis {a}: padding ({lo}, {hi}) is more than "
                             f"half the kernel ({k}); PyTorch refuses it. Fix: padding ≤ {k // 2}"
                         )
+                if kind == "avgpool" and ndim == 3:
+                    for a, (n_, k) in enumerate(zip(size, kernel)):
+                        if n_ < k:  # avg_pool3d checks the unpadded input (1D/2D do not)
+                            raise ShapeError(
+                                f"layers[{n}] (avgpool), axis {a}: input {n_} is smaller than "
+                                f"the kernel {k}; PyTorch's 3D average pool refuses it. Fix: "
+                                f"kernel_size ≤ {n_} on axis {a}, or a larger input"
+                            )
             out = tuple(
                 conv_out(n_, k, s, lo, hi, d)
                 for n_, k, s, (lo, hi), d in zip(size, kernel, stride, pads, dil)

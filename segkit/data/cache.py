@@ -333,7 +333,7 @@ def _fill_cache(
             ),
             normalization=schemes,
             num_channels=info.num_channels,
-            num_classes=info.num_classes,
+            num_classes=info.num_label_values,  # label values the files hold (incl. ignore)
             intensity_stats=tuple(
                 IntensityStats(**s) if s is not None and sc == "ct" else None
                 for s, sc in zip(stats, schemes)

@@ -271,6 +271,7 @@ class SegDataModule(pl.LightningDataModule):
             oversample_foreground=self.oversample_foreground,
             seed=self.seed,
             slice_axis=self.slice_axis,
+            ignore_label=self.dataset_info().ignore_label,
         )
         return DataLoader(
             dataset,

@@ -153,9 +153,13 @@ def _intensity_stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _case_fingerprint(case: CaseFiles, num_channels: int, num_classes: int) -> dict[str, Any]:
+def _case_fingerprint(
+    case: CaseFiles, num_channels: int, num_classes: int, ignore_label: int | None = None
+) -> dict[str, Any]:
+    # the ignore label is one value above the classes: a valid value in the files
+    num_values = num_classes + (ignore_label is not None)
     image, label, affine, spacing = load_case(
-        case.images, case.label, num_channels=num_channels, num_classes=num_classes
+        case.images, case.label, num_channels=num_channels, num_classes=num_values
     )
     box = nonzero_box(image)
     # Canonical (RAS) order, as the preprocessed arrays have it: file axis i → ornt[i, 0].
@@ -167,6 +171,8 @@ def _case_fingerprint(case: CaseFiles, num_channels: int, num_classes: int) -> d
         ras_spacing[int(dst)] = round(float(spacing[src]), 6)
     rng = np.random.default_rng(int(hashlib.md5(case.case_id.encode()).hexdigest()[:8], 16))
     mask = label > 0 if label is not None else np.zeros(image.shape[1:], bool)
+    if label is not None and ignore_label is not None:
+        mask &= label != ignore_label  # unannotated voxels are no foreground
     samples = []
     for channel in image:
         values = channel[mask]
@@ -189,7 +195,7 @@ def compute_dataset_fingerprint(
     from tqdm.auto import tqdm
 
     info = dataset.info
-    jobs = [(c, info.num_channels, info.num_classes) for c in dataset.training]
+    jobs = [(c, info.num_channels, info.num_classes, info.ignore_label) for c in dataset.training]
     bar = tqdm(total=len(jobs), desc="fingerprint", disable=not progress, leave=False)
     if num_workers <= 1 or len(jobs) <= 1:
         results = []
@@ -383,7 +389,8 @@ def read_fingerprint(path: Path, *, reverse_nnunet_axes: bool = True) -> Fingerp
     if beside.is_file():
         try:
             labels = json.loads(beside.read_text()).get("labels") or {}
-            num_classes = len(labels) or None
+            # nnU-Net's "ignore" label is not a class
+            num_classes = len([k for k in labels if str(k).strip().lower() != "ignore"]) or None
         except json.JSONDecodeError:
             num_classes = None
     return fingerprint_from_dict(

@@ -31,6 +31,9 @@ class DatasetInfo:
         channel_names: Channel names in channel order (e.g. ``["CT"]``).
         layout: ``"msd"`` or ``"nnunet"``.
         num_training: Number of labelled training cases.
+        ignore_label: The label value of unannotated voxels (``"ignore"`` in
+            dataset.json), None without one. It is not a class: it equals
+            `num_classes` (the next value after the classes, nnU-Net v2's rule).
     """
 
     num_channels: int
@@ -39,6 +42,12 @@ class DatasetInfo:
     channel_names: list[str]
     layout: str
     num_training: int
+    ignore_label: int | None = None
+
+    @property
+    def num_label_values(self) -> int:
+        """Values a label file may hold: the classes, plus the ignore label if any."""
+        return self.num_classes + (self.ignore_label is not None)
 
 
 @dataclass(frozen=True)
@@ -159,9 +168,7 @@ def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, 
     if not isinstance(labels, dict) or not labels:
         raise DataError(f"{path}: 'labels' must be a non-empty object. Fix: add it.")
     if layout == MSD:
-        out = dict(enumerate(_index_map(labels, key="labels", path=path)))
-        _refuse_ignore_label(out, path=path)
-        return out
+        return dict(enumerate(_index_map(labels, key="labels", path=path)))
     out: dict[int, str] = {}
     for name, value in labels.items():
         if not isinstance(value, int) or isinstance(value, bool):
@@ -175,7 +182,6 @@ def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, 
                 "they would be one class under two names. Fix: give each class its own value."
             )
         out[value] = str(name)
-    _refuse_ignore_label(out, path=path)
     if sorted(out) != list(range(len(out))):
         raise DataError(
             f"{path}: label values must be 0..{len(out) - 1} (0 = background), got "
@@ -184,17 +190,68 @@ def _label_names(meta: dict[str, Any], layout: str, *, path: Path) -> dict[int, 
     return dict(sorted(out.items()))
 
 
-def _refuse_ignore_label(labels: dict[int, str], *, path: Path) -> None:
-    # nnU-Net v2's "ignore" marks unannotated voxels; training it as a class would teach
-    # the network to predict "not annotated", so refuse it until the loss can mask it.
-    ignore = [v for v, name in labels.items() if name.strip().lower() == "ignore"]
-    if ignore:
+def _is_ignore(name: str) -> bool:
+    return name.strip().lower() == "ignore"
+
+
+def _split_ignore(meta: dict[str, Any], layout: str, *, path: Path) -> int | None:
+    """Removes the ``ignore`` label from ``meta["labels"]`` (in place); returns its value.
+
+    nnU-Net v2's convention: ``"ignore": k`` marks unannotated voxels, and k must be the
+    highest label value, one above the last class (classes 0..k-1). The Decathlon layout
+    writes it as ``"k": "ignore"``.
+    """
+    labels = meta.get("labels")
+    if not isinstance(labels, dict):
+        return None
+    keys = [key for key, v in labels.items() if _is_ignore(str(key) if layout != MSD else str(v))]
+    if not keys:
+        return None
+    if len(keys) > 1:
         raise DataError(
-            f"{path}: label 'ignore' (value {ignore[0]}) marks unannotated voxels (nnU-Net "
-            "v2 sparse annotation); segkit does not support it: its voxels would be trained "
-            "and scored as a real class. Fix: annotate those voxels (or set them to 0) and "
-            "remove 'ignore' from 'labels', or train with nnU-Net."
+            f"{path}: 'labels' declares 'ignore' more than once ({keys}). Fix: keep one."
         )
+    key = keys[0]
+    if layout == MSD:
+        try:
+            value: Any = int(key)
+        except ValueError:
+            value = key
+        shown = f'"{key}": "ignore"'
+    else:
+        value = labels[key]
+        shown = f'"{key}": {value!r}'
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise DataError(
+            f"{path}: 'labels' {shown}: the ignore label must be one integer label value "
+            'above the classes. Fix: write e.g. "ignore": 3 with classes 0, 1, 2.'
+        )
+    rest = {k: v for k, v in labels.items() if k != key}
+    values = []
+    for k, v in rest.items():
+        try:
+            values.append(int(k) if layout == MSD else v)
+        except ValueError:
+            continue  # reported by the class parsing that follows
+    ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    if value in ints:
+        other = next(k for k, v in zip(rest, values) if v == value)
+        raise DataError(
+            f"{path}: 'labels' {shown} collides with the class '{other}', which has the "
+            f"value {value} too; a voxel cannot be both unannotated and that class. Fix: "
+            f"give 'ignore' the value {max(ints) + 1} (one above the highest class) and "
+            "relabel the unannotated voxels of the label files with it."
+        )
+    if ints and value != max(ints) + 1:
+        where = "below the highest class" if value < max(ints) else "not next to the classes"
+        raise DataError(
+            f"{path}: 'labels' {shown} is {where} (classes {sorted(ints)}); nnU-Net v2's "
+            "convention is that the ignore label is the highest value, one above the last "
+            f"class. Fix: set 'ignore' to {max(ints) + 1} and relabel the unannotated "
+            "voxels of the label files with it (renumber the classes to close any gap)."
+        )
+    meta["labels"] = rest
+    return value
 
 
 def _relative_path(value: Any, *, where: str, path: Path) -> str:
@@ -323,6 +380,7 @@ def read_dataset(root: Path) -> Dataset:
         key="modality" if layout == MSD else "channel_names",
         path=path,
     )
+    ignore_label = _split_ignore(meta, layout, path=path)
     label_names = _label_names(meta, layout, path=path)
     if layout == MSD:
         training, test = _msd_cases(meta, root, path=path)
@@ -344,6 +402,7 @@ def read_dataset(root: Path) -> Dataset:
         channel_names=channel_names,
         layout=layout,
         num_training=len(training),
+        ignore_label=ignore_label,
     )
     return Dataset(root=root, info=info, training=tuple(training), test=tuple(test))
 

@@ -19,6 +19,7 @@ from segkit.data.cache import open_case
 from segkit.errors import ConfigError
 
 _MAX_OPEN_CASES = 128  # each memmap holds a file descriptor
+_ANNOTATED_TRIES = 10  # redraws of a random patch that holds only ignored voxels
 
 
 def _check_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
@@ -70,6 +71,9 @@ class PatchDataset(Dataset):
             foreground voxel of a random foreground class present in the case.
         seed: Base seed; sample ``i`` uses ``np.random.default_rng((seed, i))``.
         slice_axis: For 2D patches, the volume axis the slices are taken across.
+        ignore_label: Label value of unannotated voxels (None: none). They are never
+            foreground for oversampling, and a random patch holding no annotated voxel
+            is redrawn (up to `_ANNOTATED_TRIES` times) so that batches carry a signal.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class PatchDataset(Dataset):
         oversample_foreground: float = 0.33,
         seed: int = 0,
         slice_axis: int = 2,
+        ignore_label: int | None = None,
     ) -> None:
         if not case_ids:
             raise ConfigError("PatchDataset needs at least one case; the training split is empty.")
@@ -96,6 +101,7 @@ class PatchDataset(Dataset):
         self.oversample_foreground = float(oversample_foreground)
         self.seed = int(seed)
         self.slice_axis = int(slice_axis)
+        self.ignore_label = None if ignore_label is None else int(ignore_label)
         self._cases = _CaseCache(cases_dir)
 
     def __len__(self) -> int:
@@ -124,12 +130,20 @@ class PatchDataset(Dataset):
         shape = np.array(label.shape)
         patch = np.array(self._patch3d())
         low, high = np.minimum(0, shape - patch), np.maximum(0, shape - patch)
-        if forced and fg:
-            rows = fg[int(rng.choice(list(fg)))]
+        classes = [c for c in fg if c != self.ignore_label]  # annotated foreground only
+        if forced and classes:
+            rows = fg[int(rng.choice(classes))]
             centre = rows[int(rng.integers(len(rows)))]
             lower = np.clip(centre - patch // 2, low, high)
         else:
             lower = rng.integers(low, high + 1)
+            for _ in range(_ANNOTATED_TRIES if self.ignore_label is not None else 0):
+                lo, hi = np.maximum(lower, 0), np.minimum(lower + patch, shape)
+                window = label[tuple(slice(a, b) for a, b in zip(lo, hi))]
+                # a padded margin is background, which counts as annotated
+                if (hi - lo < patch).any() or (window != self.ignore_label).any():
+                    break
+                lower = rng.integers(low, high + 1)
         src_lo, src_hi = np.maximum(lower, 0), np.minimum(lower + patch, shape)
         src = tuple(slice(a, b) for a, b in zip(src_lo, src_hi))
         if (src_hi - src_lo == patch).all():  # no padding needed: skip zero-filling

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from segkit.args import Arguments, Command, Key, signature_defaults
 from segkit.table import format_table
 
@@ -21,6 +23,10 @@ mode=auto (default) runs the whole volume only where that gives the sliding wind
 answer, else a Gaussian sliding window of the training patch; overlap and window_scale
 default to the setting measured on the validation fold at the end of training (stored
 in the checkpoint), else 0.5 and 1. One line per case says what ran and why.
+part=I/N splits a folder over N processes, GPUs or cluster jobs (each writes its share
+into the same output folder; together they write exactly the cases of one run):
+  for i in 1 2; do segkit predict ckpt=C input=DIR output=OUT part=$i/2 & done; wait
+workers=K reads and preprocesses the next K cases while the current one is inferred.
 """
 
 EXPORT_HELP = """\
@@ -107,7 +113,7 @@ def cmd_evaluate(args: Arguments) -> int:
 
     kv = dict(args.values)
     output = kv.pop("output", None)
-    summary = kv.pop("summary", None) or f"{kv['pred']}/summary.json"
+    summary = kv.pop("summary", None) or Path(kv["pred"]) / "summary.json"
     scores = evaluate(**kv)
     header, rows = summary_rows(scores)
     print(format_table(header, rows))
@@ -172,6 +178,12 @@ PREDICT = Command(
         Key("device", "auto | cpu | cuda | cuda:N"),
         Key("sw_batch_size", "windows per forward call", int),
         Key("progress", "progress bars over cases and windows", bool),
+        Key(
+            "part",
+            "I/N: only the I-th of N disjoint shares of the cases (sorted case ids, every "
+            "N-th from the I-th), one per process or job",
+        ),
+        Key("workers", "threads reading the next cases during inference (0: none)", int),
         _TRUST,
     ),
     run=cmd_predict,

@@ -1,8 +1,9 @@
 """Dice, HD95 and normalised surface Dice of predicted label maps, per case and class.
 
-Dice is validation's own (`segkit.inference.scoring.case_dice`). HD95 and NSD come
-from `segkit.inference.surface`, in millimetres of the label header's voxel spacing
-(anisotropic spacing included), each in the convention of its usual reference: HD95
+Dice is validation's (`segkit.inference.scoring.case_dice`'s arithmetic, counted in
+each class's bounding box). HD95 and NSD come from `segkit.inference.surface`, in
+millimetres of the label header's voxel spacing (anisotropic spacing included), each
+in the convention of its usual reference: HD95
 as MONAI's ``compute_hausdorff_distance(percentile=95)`` (voxel surfaces, the larger
 directed 95th percentile), NSD as DeepMind's ``surface-distance``
 ``compute_surface_dice_at_tolerance`` (area-weighted marching-cubes surface elements;
@@ -37,7 +38,7 @@ from scipy import ndimage
 from segkit.data.io import NIFTI_SUFFIXES, read_nifti, strip_nifti_suffix
 from segkit.errors import ConfigError, DataError
 from segkit.fsio import atomic_path, save_json_atomic
-from segkit.inference.scoring import case_dice, mean_dice
+from segkit.inference.scoring import mean_dice
 from segkit.inference.surface import crop_to_union, hd95_of_surfaces, surface_scores, voxel_surface
 
 _AFFINE_ATOL = 1e-3
@@ -125,18 +126,22 @@ def score_case(
     case_id: str = "case",
     missing: bool = False,
 ) -> CaseScores:
-    """Dice (`scoring.case_dice`, as in validation), HD95 and NSD for classes ``1..K-1``.
+    """Dice, HD95 and NSD for classes ``1..K-1`` of two integer label maps.
 
-    Each class is cropped to the bounding box of its prediction and reference before any
-    surface work, so a small structure in a large volume costs what its box costs.
+    Each class is cropped to the bounding box of its prediction and reference before
+    anything is counted, so a small structure in a large volume costs what its box costs.
+    Dice is `scoring.case_dice`'s (validation's) arithmetic on the same counts, so the
+    two agree to the last bit.
     """
-    d = case_dice(torch.from_numpy(pred), torch.from_numpy(ref), num_classes).tolist()
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ")
     tol = nsd_tolerances(nsd_tolerance, num_classes)
     boxes = [ndimage.find_objects(a, max_label=num_classes - 1) for a in (pred, ref)]
-    hd, nsd = [], []
+    dice, hd, nsd = [], [], []
     for c in range(1, num_classes):
         found = [b[c - 1] for b in boxes if b[c - 1] is not None]
         if not found:
+            dice.append(math.nan)
             hd.append(math.nan)
             nsd.append(math.nan)
             continue
@@ -144,10 +149,13 @@ def score_case(
             slice(min(s[a].start for s in found), max(s[a].stop for s in found))
             for a in range(pred.ndim)
         )
-        s = surface_scores(pred[box] == c, ref[box] == c, spacing, tol[c - 1])
+        p, r = pred[box] == c, ref[box] == c
+        total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
+        dice.append(2 * int(np.count_nonzero(p & r)) / total)
+        s = surface_scores(p, r, spacing, tol[c - 1])
         hd.append(s.hd95)
         nsd.append(s.nsd)
-    return CaseScores(case_id, tuple(d), tuple(hd), tuple(nsd), missing)
+    return CaseScores(case_id, tuple(dice), tuple(hd), tuple(nsd), missing)
 
 
 def _by_case(folder: Path, what: str) -> dict[str, Path]:
@@ -179,8 +187,11 @@ def _load_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.n
             raise DataError(f"{v.path}: holds non-integer values; expected class indices.")
         if v is not None and v.data.min() < 0:
             raise DataError(f"{v.path}: holds negative values; expected class indices >= 0.")
-    ref = rv.data.astype(np.int64)
-    prd = np.zeros_like(ref) if pv is None else pv.data.astype(np.int64)
+    # the smallest integer type that holds both: a whole-body CT case stays 1 byte a voxel
+    top = max(int(rv.data.max()), 0 if pv is None else int(pv.data.max()))
+    kind = np.min_scalar_type(top)
+    ref = rv.data.astype(kind)
+    prd = np.zeros_like(ref) if pv is None else pv.data.astype(kind)
     return prd, ref, tuple(rv.spacing[:3])
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,13 @@ from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
 from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.schedule import (
+    check_workers,
+    describe_part,
+    parse_part,
+    read_ahead,
+    select_part,
+)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -64,6 +72,11 @@ class PredictOptions:
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         sw_batch_size: windows per forward call.
         progress: progress bars over cases and windows.
+        part: ``I/N``: predict only the I-th of N disjoint shares of the cases (sorted by
+            case id, every N-th from the I-th; see :mod:`segkit.inference.schedule`), so N
+            processes or jobs share a folder; ``1/1``: every case.
+        workers: threads reading and preprocessing the next cases while the current one
+            is inferred (0: each case read when its turn comes); outputs are the same.
     """
 
     mode: str = "auto"
@@ -74,8 +87,12 @@ class PredictOptions:
     device: str = "auto"
     sw_batch_size: int = 4
     progress: bool = True
+    part: str = "1/1"
+    workers: int = 0
 
     def __post_init__(self) -> None:
+        parse_part(self.part)
+        check_workers(self.workers)
         # the same checks as the engine's settings, before any file is read
         InferenceSettings(
             mode=self.mode,
@@ -369,8 +386,12 @@ def predict_case(
     output_dir: Path,
     opts: PredictOptions,
     device: torch.device,
+    prepared: tuple[np.ndarray, dict] | None = None,
 ) -> tuple[Path, list[tuple[Decision, str]]]:
     """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``).
+
+    ``prepared``: the case already preprocessed (``preprocess_image``'s answer), e.g. read
+    ahead by a worker thread; None: preprocessed here.
 
     Returns:
         The written label file and, per checkpoint, what inference ran and where its
@@ -378,7 +399,7 @@ def predict_case(
     """
     models = [models] if isinstance(models, LoadedModel) else list(models)
     pre = models[0].preprocessor
-    image, props = pre.preprocess_image(case.images)
+    image, props = pre.preprocess_image(case.images) if prepared is None else prepared
     probs, decisions = _probabilities(models, image, opts, device)
     seg = probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int16)
     seg_orig = pre.invert(seg.cpu().numpy(), props)
@@ -426,7 +447,9 @@ def predict(
     are an ensemble: their softmax probabilities are averaged, each checkpoint inferring
     with its own measured setting. Each case is written atomically as soon as it is
     done; a case that fails (e.g. a corrupt image body) does not stop the others, and the
-    error at the end names the cases written and the cases that failed.
+    error at the end names the cases written and the cases that failed. With
+    ``options.part="I/N"`` only the I-th of N disjoint shares of the cases is predicted
+    (only its files are checked), and the last line names the part and its cases.
 
     Args:
         ckpt: checkpoint(s) written by segkit's training (nothing else is needed).
@@ -461,37 +484,49 @@ def predict(
             )
     check_ensemble(models)
     channels = models[0].spec.in_channels
-    cases = find_cases(input, num_channels=channels)
-    for case in cases:
+    all_cases = find_cases(input, num_channels=channels)
+    part = parse_part(opts.part)
+    cases = select_part(all_cases, part)
+    for case in cases:  # this part's share only: another part's bad file is its own error
         check_case(case, num_channels=channels)
-    names = [_output_name(c) for c in cases]
+    names = [_output_name(c) for c in all_cases]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"input={input}: several inputs would be written as {dupes[:5]}.")
-    check_not_overwriting_inputs(cases, Path(output))
+    check_not_overwriting_inputs(all_cases, Path(output))
     out_dir = check_output_dir(output)
     written: list[Path] = []
     failed: list[str] = []
-    iterator = cases
     say = report or print
+    pre = models[0].preprocessor
+    ahead = read_ahead(cases, lambda c: pre.preprocess_image(c.images), workers=opts.workers)
+    iterator = ahead
     if opts.progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(cases, desc="cases", unit="case")
+        iterator = tqdm(ahead, total=len(cases), desc="cases", unit="case")
         say = report or tqdm.write
-    for case in iterator:
-        try:
-            path, decisions = predict_case(models, case, out_dir, opts, device)
-        except SegkitError as err:
-            failed.append(f"{case.case_id}: {err}")
-            say(f"{case.case_id}: FAILED: {err}")
-            continue
-        written.append(path)
-        say(describe_case(case.case_id, decisions))
+    if part[1] > 1:
+        say(f"part {part[0]}/{part[1]}: predicting {len(cases)} of {len(all_cases)} case(s)")
+    with closing(ahead):
+        for case, prepared in iterator:
+            try:
+                path, decisions = predict_case(
+                    models, case, out_dir, opts, device, prepared=prepared()
+                )
+            except SegkitError as err:
+                failed.append(f"{case.case_id}: {err}")
+                say(f"{case.case_id}: FAILED: {err}")
+                continue
+            written.append(path)
+            say(describe_case(case.case_id, decisions))
+    share = f"{describe_part(part, cases, len(all_cases))}: " if part[1] > 1 else ""
     if failed:
         done = ", ".join(p.name for p in written) or "none"
         raise DataError(
-            f"{len(failed)} of {len(cases)} case(s) failed and were not written "
+            f"{share}{len(failed)} of {len(cases)} case(s) failed and were not written "
             f"({'; '.join(failed)}). Written (complete): {done}."
         )
+    if share:
+        say(f"{share}wrote {len(written)}")
     return written

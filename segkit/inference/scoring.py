@@ -13,13 +13,17 @@ import math
 import torch
 
 
-def case_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.Tensor:
+def case_dice(
+    pred: torch.Tensor, ref: torch.Tensor, num_classes: int, *, ignore_label: int | None = None
+) -> torch.Tensor:
     """Dice of foreground classes ``1..K-1`` for one case; NaN where absent from both.
 
     Args:
         pred: predicted labels (*S), integer.
         ref: reference labels (*S), integer.
         num_classes: classes including background.
+        ignore_label: reference value of unannotated voxels; they are left out of the
+            score (prediction and reference alike). None: every voxel counts.
 
     Returns:
         Float64 tensor of ``num_classes - 1`` values.
@@ -27,6 +31,9 @@ def case_dice(pred: torch.Tensor, ref: torch.Tensor, num_classes: int) -> torch.
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and reference {tuple(ref.shape)} differ")
     pred, ref = pred.reshape(-1).long(), ref.reshape(-1).long()
+    if ignore_label is not None:
+        annotated = ref != ignore_label
+        pred, ref = pred[annotated], ref[annotated]
     both = torch.bincount(pred * num_classes + ref, minlength=num_classes * num_classes)
     confusion = both.reshape(num_classes, num_classes).double()  # [pred, ref]
     inter = confusion.diagonal()[1:]

@@ -96,7 +96,7 @@ def surfels(mask: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.
     code = np.zeros(size, np.uint8)
     for i, j, k in itertools.product((0, 1), repeat=3):
         part = padded[i : i + size[0], j : j + size[1], k : k + size[2]]
-        code |= part << np.uint8(7 - (4 * k + 2 * j + i))
+        code |= part << np.uint8(7 - (4 * i + 2 * j + k))
     border = (code != 0) & (code != 255)
     idx = np.argwhere(border)
     areas = surfel_areas(tuple(float(s) for s in spacing))[code[border]]

@@ -1,4 +1,9 @@
-"""Dice + cross-entropy, and deep supervision over heads of any size."""
+"""Dice + cross-entropy, and deep supervision over heads of any size.
+
+An ignore label (dataset.json ``"ignore": k``) marks unannotated voxels: they are left out
+of every term, cross-entropy and both the numerator and the denominator of the soft Dice,
+so their logits get exactly zero gradient. A patch with no annotated voxel has loss 0.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ class DiceCELoss(nn.Module):
             than per sample; steadier with small patches.
         include_background: include class 0 in the Dice term.
         smooth: added to numerator and denominator.
+        ignore_index: label value of unannotated voxels (not a class; None: none).
     """
 
     def __init__(
@@ -29,8 +35,10 @@ class DiceCELoss(nn.Module):
         batch_dice: bool = True,
         include_background: bool = False,
         smooth: float = 1e-5,
+        ignore_index: int | None = None,
     ) -> None:
         super().__init__()
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
         self.batch_dice, self.include_background, self.smooth = (
             batch_dice,
@@ -45,11 +53,24 @@ class DiceCELoss(nn.Module):
         target = target.long()
         logits = logits.float()
         loss = logits.new_zeros(())
+        mask = None
+        if self.ignore_index is not None:
+            mask = target != self.ignore_index
+            target = target.masked_fill(~mask, 0)  # any class: its terms are masked out
         if self.ce_weight:
-            loss = loss + self.ce_weight * F.cross_entropy(logits, target)
+            if mask is None:
+                ce = F.cross_entropy(logits, target)
+            else:
+                # F.cross_entropy(ignore_index=...) is NaN (0/0) on a fully ignored patch
+                ce = F.cross_entropy(logits, target, reduction="none")
+                ce = (ce * mask).sum() / mask.sum().clamp_min(1)
+            loss = loss + self.ce_weight * ce
         if self.dice_weight:
             probs = logits.softmax(1)
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+            if mask is not None:
+                keep = mask[:, None].to(probs.dtype)
+                probs, onehot = probs, onehot
             start = 0 if self.include_background else 1
             probs, onehot = probs[:, start:], onehot[:, start:]
             dims = (
@@ -66,7 +87,8 @@ class DeepSupervisionLoss(nn.Module):
     """Weighted sum of a loss over deep-supervision heads, largest first.
 
     Each head's target is the label resized (nearest) to that head's exact
-    size, never assuming a power-of-two factor. Weights halve per level
+    size, never assuming a power-of-two factor; the ignore label is a label value,
+    so the ignore mask is resized with it. Weights halve per level
     (``weight_decay``) and are normalised to sum to one.
     """
 
@@ -90,8 +112,8 @@ class DeepSupervisionLoss(nn.Module):
         return loss
 
 
-def build_loss(cfg: dict) -> DeepSupervisionLoss:
-    """The loss from the ``loss`` config group."""
+def build_loss(cfg: dict, *, ignore_label: int | None = None) -> DeepSupervisionLoss:
+    """The loss from the ``loss`` config group; ``ignore_label`` from dataset.json."""
     cfg = dict(cfg)
     decay = cfg.pop("ds_weight_decay", 0.5)
-    return DeepSupervisionLoss(DiceCELoss(**cfg), weight_decay=decay)
+    return DeepSupervisionLoss(DiceCELoss(**cfg, ignore_index=ignore_label), weight_decay=decay)

@@ -63,6 +63,8 @@ class SegModule(pl.LightningModule):
         compile: ``torch.compile`` the network.
         channels_last: use the channels-last memory format.
         slice_axis: for a 2D network on 3D volumes, the volume axis it slices along.
+        ignore_label: label value of unannotated voxels (dataset.json ``"ignore"``); left
+            out of the loss and the validation Dice. None: every voxel is annotated.
     """
 
     def __init__(
@@ -79,13 +81,14 @@ class SegModule(pl.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         slice_axis: int = 2,
+        ignore_label: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.spec = UNetSpec.from_config(model)
         # the attribute names the checkpoint's weights (segkit.inference.checkpoint.NET_ATTRIBUTE)
         self.net = UNet(self.spec)
-        self.loss_fn = build_loss(loss)
+        self.loss_fn = build_loss(loss, ignore_label=ignore_label)
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()} or {
             i: f"class{i}" for i in range(self.spec.out_channels)
         }
@@ -162,10 +165,15 @@ class SegModule(pl.LightningModule):
         if case_id is not None and hasattr(dm, "original_grid"):
             original = dm.original_grid(case_id)
         if original is None:
-            return case_dice(pred, label, k)
+            return case_dice(pred, label, k, ignore_label=self.hparams.ignore_label)
         preprocessor, props, reference = original
         back = preprocessor.invert(pred.cpu().numpy().astype("int16"), props)
-        return case_dice(torch.from_numpy(back), torch.from_numpy(reference), k)
+        return case_dice(
+            torch.from_numpy(back),
+            torch.from_numpy(reference),
+            k,
+            ignore_label=self.hparams.ignore_label,
+        )
 
     def predict_volume(self, image: torch.Tensor) -> tuple[torch.Tensor, Decision]:
         """Logits of whole volumes (N, C, *S) through segkit's one inference path."""

@@ -112,6 +112,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
         slice_axis=int(getattr(dm, "slice_axis", 2)),
+        ignore_label=info.ignore_label,
     )
     init_from = (cfg.get("init") or {}).get("from_checkpoint")
     if init_from and ckpt_path is None:

@@ -113,6 +113,8 @@ def test_bad_config():
         BatchAugment(p_noise=1.5)
     with pytest.raises(ConfigError, match="scale_range"):
         BatchAugment(scale_range=[1.2, 0.8])
+    with pytest.raises(ConfigError, match=r"flip_axes=\[3\].*0\.\.2"):
+        BatchAugment(flip_axes=[3])(*_batch((5, 6, 7)))
 
 
 def _centroid_and_cov(mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -109,13 +109,6 @@ def test_duplicate_json_key(make_msd):
         read_dataset(root)
 
 
-def test_ignore_label_is_refused(make_nnunet):
-    root = make_nnunet()
-    _edit(root, lambda m: m["labels"].update(ignore=3))
-    with pytest.raises(DataError, match=r"label 'ignore' \(value 3\) marks unannotated.*Fix"):
-        read_dataset(root)
-
-
 @pytest.mark.parametrize(
     ("layout", "change", "message"),
     [

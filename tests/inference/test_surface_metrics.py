@@ -15,6 +15,7 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 from segkit.cli import main
 from segkit.errors import ConfigError
 from segkit.inference.evaluate import nsd_tolerances, score_case
+from segkit.inference.scoring import case_dice
 from segkit.inference.surface import surface_scores, surfel_areas
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
@@ -215,6 +216,19 @@ def test_score_case_per_class_agrees_with_monai():
     np.testing.assert_allclose(s.nsd, nsd, atol=1e-6)
     np.testing.assert_allclose(s.hd95[:2], hd[:2], atol=1e-3)
     assert s.nsd[2] == 0.0 and math.isnan(s.hd95[2]) and math.isnan(s.nsd[3])
+
+
+def test_score_case_dice_is_validations_to_the_bit():
+    rng = np.random.default_rng(11)
+    for dtype in (np.uint8, np.int64):
+        pred = rng.integers(0, 4, (20, 17, 9)).astype(dtype)
+        ref = np.where(rng.random(pred.shape) > 0.3, pred, rng.integers(0, 5, pred.shape))
+        ref = ref.astype(dtype)
+        pred[pred == 2] = 0  # class 2 only in the reference
+        s = score_case(pred, ref, num_classes=6, spacing=(1, 1, 1))
+        val = case_dice(torch.from_numpy(pred), torch.from_numpy(ref), 6).tolist()
+        assert s.dice[1] == 0.0 and math.isnan(s.dice[4]) and math.isnan(val[4])
+        assert s.dice[:4] == tuple(val[:4])  # exact
 
 
 def test_nsd_tolerance_errors():
