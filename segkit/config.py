@@ -61,9 +61,11 @@ def compose(
 def _config_error(text: str, overrides: Sequence[str], config_name: str) -> ConfigError:
     """Hydra's multi-line composition error as one line naming the key and what is allowed."""
     unknown = re.search(r"Could not override '([^']+)'", text)
-    if unknown:
-        key = unknown.group(1)
-        others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
+    key = unknown.group(1) if unknown else ""
+    others = [o for o in overrides if o.partition("=")[0].lstrip("+~") != key]
+    # Only a key from the command line is left out to compose what is there; one that a
+    # config's defaults list names would fail the same way again (Hydra's text names it).
+    if unknown and len(others) < len(overrides):
         try:
             cfg = compose(others, config_name=config_name, hydra_config=True)
         except ConfigError:

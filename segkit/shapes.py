@@ -130,12 +130,16 @@ def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
     """Padding, output_padding and crop so that ``up(down(skip)) == skip``.
 
     The transposed conv gives ``skip + (P + u − e) − 2·p + (op − r)`` with
-    ``r = (skip + P − e) mod s``, so exactness needs ``2·p − op = P + u − e − r``.
-    The fixed :func:`up_padding` with ``op`` in ``[0, s)`` solves it whenever
-    ``P + u − e`` is even (DESIGN.md's identity); when it is odd, one more voxel
-    of padding with ``op`` one higher solves it for every size whose remainder
-    allows, e.g. nnU-Net's 3×3 stride-2 conv undone by a 2×2 transposed conv on
-    odd sizes. Only what is left is cropped (or padded) at the end of the axis.
+    ``r = (skip + P − e) mod s``. The padding is the size-independent
+    :func:`up_padding`, the same for every size: it fixes where each upsampled voxel
+    lands relative to its skip voxel (the decoder's phase), so a network trained on
+    one size computes the same thing at another. ``op`` in ``[0, s)`` (it only adds
+    voxels at the end) then solves the size: always when ``P + u − e`` is even
+    (DESIGN.md's identity, ``op = r``); when it is odd (nnU-Net's 3×3 stride-2 conv
+    undone by a 2×2 transposed conv) whenever ``r ≥ 1``. What is left, one voxel, is
+    cropped at the end of the axis (or zeros padded there when the up kernel is
+    smaller than the stride). One more voxel of padding would avoid that crop on
+    some sizes but shift the decoder's grid by a voxel on those sizes only.
 
     Args:
         skip: size of the encoder feature map before downsampling (the skip).
@@ -148,13 +152,11 @@ def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
     s = down.stride
     total = down.pad_lo + down.pad_hi + up_kernel - down.extent
     remainder = (skip + down.pad_lo + down.pad_hi - down.extent) % s
-    need = total - remainder  # = 2·padding − output_padding
     padding = up_padding(down, up_kernel)
     if total >= 0:
-        for p in (padding, padding + 1):
-            op = 2 * p - need
-            if 0 <= op < s:
-                return UpFit(padding=p, output_padding=op, crop=0)
+        op = remainder - (total - 2 * padding)
+        if 0 <= op < s:
+            return UpFit(padding=padding, output_padding=op, crop=0)
     out = conv_transpose_out(down.out(skip), up_kernel, s, padding, remainder)
     return UpFit(padding=padding, output_padding=remainder, crop=out - skip)
 

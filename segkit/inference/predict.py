@@ -32,7 +32,7 @@ from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
 from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
-from segkit.inference.schedule import (
+from segkit.inference.parts import (
     check_workers,
     describe_part,
     parse_part,
@@ -73,7 +73,7 @@ class PredictOptions:
         sw_batch_size: windows per forward call.
         progress: progress bars over cases and windows.
         part: ``I/N``: predict only the I-th of N disjoint shares of the cases (sorted by
-            case id, every N-th from the I-th; see :mod:`segkit.inference.schedule`), so N
+            case id, every N-th from the I-th; see :mod:`segkit.inference.parts`), so N
             processes or jobs share a folder; ``1/1``: every case.
         workers: threads reading and preprocessing the next cases while the current one
             is inferred (0: each case read when its turn comes); outputs are the same.

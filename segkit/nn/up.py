@@ -29,28 +29,22 @@ class _StaticFit:
     With padding ``p``, output_padding ``op`` and the one-sided crop ``c`` of the eager
     path, output voxel ``i`` is voxel ``p + i`` of the full (unpadded) transposed
     convolution; voxels past the full output carry only the bias (the output_padding
-    region), and with ``c < 0`` the last ``-c`` voxels are zeros. ``c`` is constant per
-    axis; ``p`` is :func:`~segkit.shapes.up_padding`, one more when ``P + u − e`` is odd,
-    the stride ≥ 2 and the remainder ``(S + P − e) mod s`` is 0 (see
-    :func:`~segkit.shapes.fit_transposed`); that choice is written with integer
-    arithmetic on the skip's size, which the exporters keep symbolic.
+    region), and with ``c < 0`` the last ``-c`` voxels are zeros. ``p`` is
+    :func:`~segkit.shapes.up_padding` for every size (see
+    :func:`~segkit.shapes.fit_transposed`), so the output is a fixed-offset slice of the
+    skip's length, which the exporters keep symbolic; the zero tail is constant per axis.
     """
 
     def __init__(self, downs: Sequence[Downsample], kernel: Size) -> None:
-        pads, crops, shifts, offsets = [], [], [], []
+        pads, crops = [], []
         for down, k in zip(downs, kernel):
             p = up_padding(down, k)
-            total = down.pad_lo + down.pad_hi + k - down.extent
-            shift = total >= 0 and total % 2 == 1 and down.stride >= 2
             pads.append(p)
-            shifts.append(shift)
-            offsets.append(down.pad_lo + down.pad_hi - down.extent)
-            # the remaining crop = out − skip does not depend on the size
-            crops.append(0 if shift else total - 2 * p)
+            # below zero (an up kernel smaller than the stride) the crop pads zeros,
+            # as many for every size
+            crops.append(down.pad_lo + down.pad_hi + k - down.extent - 2 * p)
         self.stride = tuple(d.stride for d in downs)
         self.pads = tuple(pads)
-        self.shifts = tuple(shifts)
-        self.offsets = tuple(offsets)
         self.zero_tail = tuple(max(0, -c) for c in crops)
         self.extra = tuple(s + z for s, z in zip(self.stride, self.zero_tail))
 
@@ -70,12 +64,7 @@ class _StaticFit:
             y = y + conv.bias.view(1, -1, *([1] * ndim))
         for axis in range(ndim):
             size = skip_size[axis]
-            start = self.pads[axis]
-            if self.shifts[axis]:
-                s = self.stride[axis]
-                remainder = (size + self.offsets[axis]) % s
-                start = start + 1 - (remainder + s - 1) // s  # +1 exactly when remainder == 0
-            y = y.narrow(axis + 2, start, size)
+            y = y.narrow(axis + 2, self.pads[axis], size)
             tail = self.zero_tail[axis]
             if tail:
                 keep = y.narrow(axis + 2, 0, size - tail)

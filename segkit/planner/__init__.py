@@ -14,8 +14,6 @@ The nnU-Net plans import lives in :mod:`segkit.nnunet_plans`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from segkit.planner.memory import (
     GiB,
     LevelModel,
@@ -35,16 +33,6 @@ from segkit.planner.rules import (
 from segkit.planner.search import at_scale, model_config, plan_experiment
 from segkit.planner.startup import apply_planner, explicit_keys, plan_from_config
 
-
-def __getattr__(name: str) -> Any:
-    # segkit.nnunet_plans builds on this package, so its entry point is re-exported lazily.
-    if name == "result_from_plans":
-        from segkit.nnunet_plans import result_from_plans
-
-        return result_from_plans
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "GiB",
     "PLANNED_KEYS",
@@ -63,7 +51,6 @@ __all__ = [
     "plan_experiment",
     "plan_from_config",
     "pool_strides",
-    "result_from_plans",
     "spacing_outliers",
     "target_spacing",
     "training_memory",

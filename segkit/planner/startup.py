@@ -1,5 +1,7 @@
 """The planner's start-up hook: ``planner.auto`` plans a composed config in place.
 
+``data=msd`` (one's own data) selects ``planner=auto``; ``data=demo`` and ``planner=none`` do not.
+
 :func:`apply_planner` is the one call that start-up code (``train.py``, ``segkit plan``,
 ``segkit configure``) makes. It reads the dataset's fingerprint (computing it once, beside the
 preprocessing cache), plans (:func:`~segkit.planner.search.plan_experiment`) or imports an
@@ -34,7 +36,9 @@ def explicit_keys(overrides: Sequence[str]) -> set[str]:
     return keys
 
 
-def _task_overrides(cfg: Any) -> list[str]:
+def _task_overrides(cfg: Any) -> list[str] | None:
+    """The run's command-line overrides; None when the config does not say (composed
+    without ``hydra_config`` and outside a Hydra app)."""
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
@@ -42,7 +46,7 @@ def _task_overrides(cfg: Any) -> list[str]:
     hydra = cfg.get("hydra") if hasattr(cfg, "get") else None
     if hydra is not None and hydra.get("overrides") is not None:
         return list(hydra.overrides.get("task") or [])
-    return []
+    return None
 
 
 def _choice(cfg: Any, group: str, default: str) -> str:
@@ -75,7 +79,8 @@ def _fingerprint_for(cfg: Any) -> Fingerprint:
     if OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(
             "planner: data.root is not set. Fix: data.root=/path/to/dataset, or "
-            "planner.fingerprint=/path/to/dataset_fingerprint.json"
+            "planner.fingerprint=/path/to/dataset_fingerprint.json, or planner=none (the "
+            "configured patch and network, unplanned)"
         )
     root = Path(cfg.data.root)
     demo = cfg.data.get("make_demo_if_missing")
@@ -147,7 +152,17 @@ def apply_planner(cfg: Any, overrides: Sequence[str] | None = None, *, record: b
     planner = cfg.get("planner") if hasattr(cfg, "get") else None
     if not planner or not planner.get("auto"):
         return cfg
-    explicit = explicit_keys(_task_overrides(cfg) if overrides is None else overrides)
+    if overrides is None:
+        overrides = _task_overrides(cfg)
+        if overrides is None:
+            # e.g. train(compose([...])) from Python: a given data.patch_size would be re-planned
+            log.warning(
+                "planner: the command-line overrides of this config are unknown, so every "
+                "planned key is planned. Fix: compose(overrides, hydra_config=True), "
+                "apply_planner(cfg, overrides), or planner=none"
+            )
+            overrides = []
+    explicit = explicit_keys(overrides)
     cache = _answer_path(cfg, explicit)
     answer = _read_answer(cache)
     if answer is None:

@@ -70,7 +70,7 @@ class DiceCELoss(nn.Module):
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
             if mask is not None:
                 keep = mask[:, None].to(probs.dtype)
-                probs, onehot = probs, onehot
+                probs, onehot = probs * keep, onehot * keep
             start = 0 if self.include_background else 1
             probs, onehot = probs[:, start:], onehot[:, start:]
             dims = (

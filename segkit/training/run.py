@@ -44,7 +44,8 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     from segkit.planner import apply_planner
     from segkit.training.module import build_optimizer
 
-    apply_planner(cfg)  # planner=auto: plans patch, batch, spacing, stages (overrides win)
+    # planner=auto (data=msd's default): plans patch, batch, spacing, stages (overrides win)
+    apply_planner(cfg)
     check_data_choice(cfg)
     dm = instantiate(cfg.data)
     if not isinstance(dm, SegDataModule):

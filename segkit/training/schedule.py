@@ -162,7 +162,7 @@ def build_scheduler(
     timer = budget_timer(trainer) if over != "steps" else None
     if over == "time" and timer is None:
         raise ConfigError(
-            "optim.scheduler.over=time needs a time budget: set ++trainer.max_time=DD:HH:MM:SS "
+            "optim.scheduler.over=time needs a time budget: set trainer.max_time=DD:HH:MM:SS "
             "(e.g. 00:02:00:00), or use over=auto to anneal over the steps"
         )
     steps = float(trainer.estimated_stepping_batches) if over != "time" else math.inf
@@ -170,7 +170,7 @@ def build_scheduler(
     if timer is None and not math.isfinite(total):
         raise ConfigError(
             "optim.scheduler: the schedule needs an end; set trainer.max_epochs or "
-            "trainer.max_steps, or ++trainer.max_time=DD:HH:MM:SS"
+            "trainer.max_steps, or trainer.max_time=DD:HH:MM:SS"
         )
     duration, elapsed = _timer_clock(trainer, timer) if timer is not None else (None, None)
     progress = Progress(total_steps=total, duration=duration, elapsed=elapsed)

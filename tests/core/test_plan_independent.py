@@ -79,12 +79,12 @@ def _transposed(skip: int, e: int, s: int, total: int, u: int) -> tuple[int, int
     """``(padding, output_padding, crop)`` of a transposed conv ``(u, s)`` undoing ``(e, s, P)``.
 
     With ``T = P + u − e`` and ``r = (S + P − e) mod s`` the output is
-    ``S + T − 2p + (op − r)``. ``T`` even: ``p = T/2``, ``op = r`` (DESIGN.md's identity).
-    ``T`` odd: ``p = (T − 1)/2, op = r − 1`` when ``r ≥ 1``, else ``p = (T + 1)/2, op = 1``
-    when ``s > 1``. Otherwise (README, "How the shapes are solved") the nearest padding
-    ``max(0, ⌊T/2⌋)`` with ``op = r`` and the rest cropped at the end (negative: padded).
-    ``T < 0`` always takes that last branch, as segkit does today, although ``p = 0,
-    op = r − T`` is exact when ``r − T < s``
+    ``S + T − 2p + (op − r)``. The padding is one value for every size,
+    ``p = max(0, ⌊T/2⌋)`` (it sets where each upsampled voxel lands: the same grid at
+    every size). ``op`` only adds voxels at the end: ``T`` even, ``op = r`` (DESIGN.md's
+    identity); ``T`` odd, ``op = r − 1`` when ``r ≥ 1``. Otherwise ``op = r`` and the rest
+    is cropped at the end (negative: padded). ``T < 0`` always takes that last branch, as
+    segkit does today, although ``p = 0, op = r − T`` is exact when ``r − T < s``
     (:func:`test_an_exact_pair_is_used_when_the_up_kernel_is_smaller_than_the_pool`).
     """
     t, r = total + u - e, (skip + total - e) % s
@@ -92,8 +92,6 @@ def _transposed(skip: int, e: int, s: int, total: int, u: int) -> tuple[int, int
         return t // 2, r, 0
     if t > 0 and r >= 1:
         return (t - 1) // 2, r - 1, 0
-    if t > 0 and s > 1:
-        return (t + 1) // 2, 1, 0
     p = max(0, t // 2)
     return p, r, t - 2 * p
 
@@ -128,8 +126,9 @@ def test_transposed_closed_form_against_a_brute_force_search_with_torch():
             sizes = _pairs(inner, s, u)
             p, op, crop = _transposed(skip, e, s, total, u)
             assert sizes[p, op] - crop == skip, (e, s, total, u, skip)
-            if total + u - e >= 0:  # a crop exactly where no pair lands on the skip, the least
-                best = min(abs(n - skip) for n in sizes.values())
+            assert p == max(0, (total + u - e) // 2)  # one padding (grid) for every size
+            if total + u - e >= 0:  # a crop exactly where no op lands on the skip, the least
+                best = min(abs(n - skip) for (q, _), n in sizes.items() if q == p)
                 assert abs(crop) == best, (e, s, total, u, skip, crop, best)
 
 

@@ -119,14 +119,16 @@ def test_receptive_field_of_simple_chains():
     assert receptive_field([("down", 3, 1), ("down", 2, 2), ("down", 3, 1)]) == 8
 
 
-def test_nnunet_case_needs_no_crop_at_any_size():
+def test_nnunet_case_keeps_one_padding_and_crops_the_last_voxel_on_odd_sizes():
     # 3×3 stride-2 conv undone by a 2×2 transposed conv (P + u − e = 1, odd): even sizes
-    # take PlainConvUNet's (padding 0, output_padding 0), odd sizes (1, 1); never a crop.
+    # take PlainConvUNet's (padding 0, output_padding 0); odd sizes keep padding 0 (the same
+    # grid: upsampled voxel 2i+j comes from voxel i) and crop the one extra voxel at the end.
+    # (padding 1, output_padding 1) would fit odd sizes too, on a grid shifted by one voxel.
     down = Downsample(3, 2, 1, 1)
     for skip in range(2, 300):
         fit = fit_transposed(skip, down, 2)
-        assert fit.crop == 0
-        assert (fit.padding, fit.output_padding) == ((0, 0) if skip % 2 == 0 else (1, 1))
+        assert fit.padding == 0
+        assert (fit.output_padding, fit.crop) == ((0, 0) if skip % 2 == 0 else (0, 1))
 
 
 def test_crop_only_where_no_padding_pair_exists():

@@ -19,8 +19,8 @@ import pytest
 import segkit.inference.predict as predict_module
 from segkit.cli import main
 from segkit.data.preprocess import Preprocessor
+from segkit.inference.parts import read_ahead
 from segkit.inference.predict import PredictOptions, predict
-from segkit.inference.schedule import read_ahead
 from tests.inference.conftest import outputs, write_image
 from tests.utils import REPO
 

@@ -55,6 +55,8 @@ def test_plan_of_nnunet_default_is_nnunets_network(capsys):
 
 def test_own_data_never_runs_with_demo_settings(tmp_path):
     cfg = compose(["data=msd", f"data.root={tmp_path}"], hydra_config=True)
+    # planned at start-up (tests/planner/test_own_data_default.py); below: the planner=none values
+    assert cfg.planner.auto and cfg.hydra.runtime.choices.planner == "auto"
     assert (cfg.model.depth, cfg.model.channels) == (5, 32)  # conf/model/unet.yaml
     assert cfg.trainer.max_epochs == 50 and cfg.data.patch_size == [128, 128, 128]
     assert cfg.task_name == "train"
