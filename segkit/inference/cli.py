@@ -222,6 +222,12 @@ EVALUATE = Command(
             int,
             nullable=True,
         ),
+        Key(
+            "ignore_label",
+            "unannotated reference voxels, left out; null: dataset.json's ignore, if any",
+            int,
+            nullable=True,
+        ),
         Key("progress", "a progress bar over cases", bool),
     ),
     run=cmd_evaluate,

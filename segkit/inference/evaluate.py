@@ -125,8 +125,13 @@ def score_case(
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
     case_id: str = "case",
     missing: bool = False,
+    ignore_label: int | None = None,
 ) -> CaseScores:
     """Dice, HD95 and NSD for classes ``1..K-1`` of two integer label maps.
+
+    Reference voxels equal to ``ignore_label`` (unannotated) count for nothing: they are
+    removed from both maps before Dice is counted, and where a case has any, HD95 and NSD
+    are NaN (a surface is not known where the annotation stops).
 
     Each class is cropped to the bounding box of its prediction and reference before
     anything is counted, so a small structure in a large volume costs what its box costs.
@@ -136,6 +141,12 @@ def score_case(
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ")
     tol = nsd_tolerances(nsd_tolerance, num_classes)
+    sparse = False
+    if ignore_label is not None:
+        keep = ref != ignore_label
+        sparse = not bool(keep.all())
+        if sparse:
+            pred, ref = pred * keep, ref * keep
     boxes = [ndimage.find_objects(a, max_label=num_classes - 1) for a in (pred, ref)]
     dice, hd, nsd = [], [], []
     for c in range(1, num_classes):
@@ -152,10 +163,26 @@ def score_case(
         p, r = pred[box] == c, ref[box] == c
         total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
         dice.append(2 * int(np.count_nonzero(p & r)) / total)
+        if sparse:
+            hd.append(math.nan)
+            nsd.append(math.nan)
+            continue
         s = surface_scores(p, r, spacing, tol[c - 1])
         hd.append(s.hd95)
         nsd.append(s.nsd)
     return CaseScores(case_id, tuple(dice), tuple(hd), tuple(nsd), missing)
+
+
+def _dataset_ignore_label(labels: Path) -> int | None:
+    """The ``ignore`` label of the dataset whose ``labelsTr``/``labelsTs`` folder this is."""
+    if not (labels.parent / "dataset.json").is_file():
+        return None
+    from segkit.data.layouts import read_dataset_info
+
+    try:
+        return read_dataset_info(labels.parent).ignore_label
+    except DataError:  # not a dataset segkit can read: score every voxel
+        return None
 
 
 def _by_case(folder: Path, what: str) -> dict[str, Path]:
@@ -201,6 +228,7 @@ def evaluate(
     labels: str | Path,
     num_classes: int | None = None,
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
+    ignore_label: int | None = None,
     progress: bool = False,
 ) -> list[CaseScores]:
     """Scores every reference case in ``labels`` against the prediction of the same name.
@@ -214,6 +242,8 @@ def evaluate(
         labels: folder of reference label maps with the same names.
         num_classes: classes incl. background; default: largest value found + 1.
         nsd_tolerance: NSD tolerance in mm, one for all classes or one per foreground class.
+        ignore_label: the label of unannotated reference voxels (see `score_case`); default:
+            the ``ignore`` label of the ``dataset.json`` beside ``labels`` when there is one.
 
     Returns:
         One `CaseScores` per reference case, in name order, all with the same classes.
@@ -231,6 +261,8 @@ def evaluate(
             "labels= at the folder whose files have the same names (e.g. labelsTr/)."
         )
     nsd_tolerances(nsd_tolerance, 2)  # a bad value fails before any case is read
+    if ignore_label is None:
+        ignore_label = _dataset_ignore_label(Path(labels))
     items = sorted(refs.items())
     if progress:
         from tqdm.auto import tqdm
@@ -242,7 +274,8 @@ def evaluate(
         prd, ref, spacing = _load_pair(p, r)
         # A class above this case's largest value is absent from both maps, so NaN: each
         # case is scored with its own classes and padded, and no case is held in memory.
-        k = max(num_classes or 0, int(max(prd.max(), ref.max())) + 1, 2)
+        top = int(max(prd.max(), ref[ref != ignore_label].max(initial=0)))
+        k = max(num_classes or 0, top + 1, 2)
         s = score_case(
             prd,
             ref,
@@ -251,6 +284,7 @@ def evaluate(
             nsd_tolerance=nsd_tolerance,
             case_id=case_id,
             missing=p is None,
+            ignore_label=ignore_label,
         )
         scores.append(
             CaseScores(

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 import segkit.data.datamodule as dm_mod
 from segkit import ConfigError, DataError
+from segkit.config import compose
 from segkit.data import BatchAugment, DatasetInfo, Preprocessor, SegDataModule, make_demo
 from segkit.data.datamodule import load_or_make_splits, make_splits
 
@@ -209,12 +209,11 @@ def test_2d_patches(demo_root, tmp_path):
 
 @pytest.mark.parametrize("name", ["demo", "msd"])
 def test_hydra_configs_instantiate(name, tmp_path):
-    data = OmegaConf.load(CONF / f"{name}.yaml")
-    data = data.data if "data" in data else data  # demo.yaml is a `# @package _global_` file
-    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": data})
+    # composed as train.py composes it (msd.yaml and demo.yaml have defaults lists)
+    overrides = [f"data={name}", f"paths.data_dir={tmp_path}"]
     if name == "msd":
-        cfg.data.root = str(tmp_path / "mine")
-    dm = instantiate(cfg.data)
+        overrides.append(f"data.root={tmp_path / 'mine'}")
+    dm = instantiate(compose(overrides).data)
     assert isinstance(dm, SegDataModule)
     assert dm.patch_size in ((48, 48, 32), (128, 128, 128))
     assert isinstance(dm.augment, BatchAugment)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -33,10 +31,8 @@ def test_demo_layout_sizes_and_classes(demo_root):
     assert len(shapes) == 5
 
 
-def test_demo_is_deterministic_fast_and_idempotent(tmp_path, demo_root):
-    start = time.perf_counter()
+def test_demo_is_deterministic_and_idempotent(tmp_path, demo_root):
     root = make_demo(tmp_path / "again", num_cases=5, seed=0)
-    assert time.perf_counter() - start < 10
     for sub in ("imagesTr/demo_003.nii.gz", "labelsTr/demo_001.nii.gz", "imagesTs/demo_006.nii.gz"):
         a = np.asarray(nib.load(str(root / sub)).dataobj)
         b = np.asarray(nib.load(str(demo_root / sub)).dataobj)
