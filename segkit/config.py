@@ -226,9 +226,9 @@ def check_data_choice(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.root={cfg.data.root}: data=demo is the synthetic demo dataset (generated "
             f"at {demo}) and comes with the small demo network and a short CPU schedule. Fix: "
-            f"for your own dataset use `data=msd data.root={cfg.data.root}` (the nnU-Net-like "
-            "model=unet, patch 128³; see the README, 'Using your own data'), or an experiment "
-            "such as experiment=msd_hippocampus"
+            f"for your own dataset use `data=msd data.root={cfg.data.root}` (planned for your "
+            "data and GPU; see docs/data.md), or an experiment such as "
+            "experiment=msd_hippocampus"
         )
 
 

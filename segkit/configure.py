@@ -13,11 +13,11 @@ Plan target spacing, patch, batch, depth, strides, kernels and channels from the
 fingerprint and a memory budget (no rounding to multiples of 2^pools), and print every
 decision with its reason, the config fragment and the plan table. Nothing is trained.
 
-  segkit configure data.root=/data/Task04_Hippocampus
-  segkit configure data.root=/data/Task05_Prostate planner.memory_gb=24 model=unet
-  segkit configure data.root=PATH model.spatial_dims=2            (2D: plans slices)
-  segkit configure data.root=PATH data.patch_size=[96,96,64]      (given values win)
-  segkit configure --json data.root=PATH
+  segkit configure data=msd data.root=/data/Task04_Hippocampus
+  segkit configure data=msd data.root=/data/Task05_Prostate planner.memory_gb=24 model=unet
+  segkit configure data=msd data.root=PATH model.spatial_dims=2            (2D: plans slices)
+  segkit configure data=msd data.root=PATH data.patch_size=[96,96,64]      (given values win)
+  segkit configure --json data=msd data.root=PATH
   segkit configure fingerprint=PATH/dataset_fingerprint.json      (nnU-Net's fingerprint)
   segkit configure plans=PATH/nnUNetPlans.json configuration=3d_fullres   (import nnU-Net)
 
@@ -39,11 +39,12 @@ def cmd_configure(args: Arguments) -> int:
     """Runs the planner (or the nnU-Net import) and prints what it decided."""
     from omegaconf import open_dict
 
-    from segkit.config import compose
+    from segkit.config import check_data_choice, compose
     from segkit.planner import explicit_keys, plan_from_config
 
     overrides = args.overrides
     cfg = compose(overrides, hydra_config=True)
+    check_data_choice(cfg)  # data.root=PATH without data=msd would plan the demo's network
     with open_dict(cfg):
         cfg.planner.auto = True
     result = plan_from_config(cfg, explicit_keys(overrides))

@@ -166,12 +166,14 @@ def total_stride(net: nn.Module, ndim: int) -> tuple[int, ...]:
 def grid_mismatch(net: nn.Module, size: Sequence[int], patch: Sequence[int]) -> str | None:
     """Why a whole pass at ``size`` would not see the grids the training patches saw, or None.
 
-    The exact-shape decoder takes its output_padding and crop (and a linear interpolation
-    its ratio) from the parity of every level's size, so a network trained on patches
-    answers on another voxel grid wherever ``size − patch`` is not a multiple of the total
-    stride. Measured on a trained batch-norm U-Net (``benchmarks/bench_bn_whole.py``): mean
-    Dice 0.81 whole vs 0.94 sliding at 65×63×47 with transposed convs (0.92 vs 0.94 with
-    linear interpolation), the same to 3 decimals at 64×64×48 and 72×56×40.
+    Wherever ``size − patch`` is not a multiple of the total stride, some level of the
+    whole volume has a size remainder the training patches never had: its output_padding
+    and end crop differ (the decoder's grid itself is the same at every size, see
+    :func:`segkit.shapes.fit_transposed`), and a linear interpolation stretches by another
+    ratio. Measured on a trained batch-norm U-Net, ``python benchmarks/bench_bn_whole.py
+    --threads 1 --sizes 64x64x48 65x63x47 81x77x53``: mean Dice whole vs sliding 0.931 vs
+    0.931 at 64×64×48 (≡ patch), 0.909 vs 0.929 at 65×63×47 and 0.914 vs 0.933 at 81×77×53
+    (0.81 vs 0.93 before the decoder kept one grid), so those sizes slide.
     """
     stride = total_stride(net, len(size))
     off = [a for a, (n, p, t) in enumerate(zip(size, patch, stride)) if (n - p) % t]
@@ -179,7 +181,7 @@ def grid_mismatch(net: nn.Module, size: Sequence[int], patch: Sequence[int]) -> 
         return (
             f"axis {', '.join(map(str, off))} of the volume is not the patch size plus a "
             f"multiple of the network's total stride {'×'.join(map(str, stride))}, so the "
-            "decoder's output padding and crops would differ from those it was trained with"
+            "levels' remainders, output padding and crops would differ from the patches'"
         )
     linear = any(
         getattr(m, "mode", None) in ("linear", "bilinear", "trilinear") for m in net.modules()

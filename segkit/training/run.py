@@ -115,13 +115,22 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         slice_axis=int(getattr(dm, "slice_axis", 2)),
         ignore_label=info.ignore_label,
     )
-    init_from = (cfg.get("init") or {}).get("from_checkpoint")
-    if init_from and ckpt_path is None:
-        from segkit.training.upkern import init_from_checkpoint
+    init_cfg = cfg.get("init") or {}
+    init_from, frozen = init_cfg.get("from_checkpoint"), init_cfg.get("freeze")
+    if init_from or frozen not in (None, "none"):
+        from segkit.training.upkern import freeze, map_checkpoint
 
-        log.info(
-            "init.from_checkpoint=%s: %s", init_from, init_from_checkpoint(module.net, init_from)
-        )
+        if init_from and ckpt_path is None:
+            report = map_checkpoint(module.net, init_from)
+            log.info("init.from_checkpoint=%s: %s", init_from, report.summary())
+            log.info("init.from_checkpoint, every tensor:\n%s", report.listing())
+        if frozen not in (None, "none"):
+            if not init_from:
+                raise ConfigError(
+                    f"init.freeze={frozen} without init.from_checkpoint would freeze a random "
+                    "initialisation. Fix: add init.from_checkpoint=PATH, or init.freeze=null."
+                )
+            log.info("init.freeze=%s: %s", frozen, freeze(module.net, frozen))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),

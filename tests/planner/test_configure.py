@@ -15,7 +15,7 @@ CASES = [((26, 30, 22), (1.0, 1.0, 1.0), None)] * 2 + [((28, 30, 20), (1.0, 1.0,
 
 def test_configure_json_has_the_planned_keys(make_dataset, capsys):
     root = make_dataset(CASES)
-    assert main(["configure", "--json", f"data.root={root}", "model=unet"]) == 0
+    assert main(["configure", "--json", "data=msd", f"data.root={root}", "model=unet"]) == 0
     out = json.loads(capsys.readouterr().out)
     for key in (
         "data.target_spacing",
@@ -37,7 +37,7 @@ def test_configure_json_has_the_planned_keys(make_dataset, capsys):
 
 def test_configure_prints_decisions_fragment_and_plan(make_dataset, capsys):
     root = make_dataset(CASES)
-    assert main(["configure", f"data.root={root}", "planner.memory_gb=2"]) == 0
+    assert main(["configure", "data=msd", f"data.root={root}", "planner.memory_gb=2"]) == 0
     out = capsys.readouterr().out
     assert "decisions:" in out and "the whole median case" in out
     assert "config fragment:" in out and "patch_size: [28,30,20]" in out
@@ -63,7 +63,12 @@ def test_configure_reads_an_nnunet_fingerprint(capsys):
 
 def test_budget_too_small_is_one_clear_line(make_dataset, capsys):
     root = make_dataset(CASES)
-    assert main(["configure", f"data.root={root}", "model=unet", "planner.memory_gb=0.001"]) == 2
+    assert (
+        main(
+            ["configure", "data=msd", f"data.root={root}", "model=unet", "planner.memory_gb=0.001"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "too small" in err and "Fix: planner.memory_gb=" in err and "Traceback" not in err
 
@@ -131,3 +136,9 @@ def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, m
     other = [*overrides, "planner.memory_gb=0.001"]
     with pytest.raises(AssertionError, match="planned again"):
         planner.apply_planner(compose(other), other, record=False)
+
+
+def test_configure_on_a_root_without_data_msd_is_refused(tmp_path, capsys):
+    """data=demo would plan the demo's small network for the user's data; say data=msd."""
+    assert main(["configure", f"data.root={tmp_path}"]) == 2
+    assert f"data=msd data.root={tmp_path}" in capsys.readouterr().err
