@@ -318,7 +318,14 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
     # validation of a 2D network is slice by slice too, the same path as predict
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert value == saved["dice_mean_best"]
-    images, labels = _validation_folders(tmp_path, demo_data_dir, saved["validation_cases"])
+    _assert_final_dice_is_predict_plus_hand_dice(tmp_path, demo_data_dir, saved)
+
+
+def _assert_final_dice_is_predict_plus_hand_dice(tmp_path, demo_data_dir, metrics):
+    """last.ckpt predicted as `segkit predict` would, scored by hand, is the final val Dice."""
+    from segkit.inference.predict import PredictOptions, predict
+
+    images, labels = _validation_folders(tmp_path, demo_data_dir, metrics["validation_cases"])
     predict(
         ckpt=tmp_path / "checkpoints" / "last.ckpt",
         input=images,
@@ -326,7 +333,7 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
         options=PredictOptions(mode="auto", overlap=0.5, window_scale=1.0, progress=False),
     )
     assert _hand_dice(tmp_path / "pred_val", labels) == pytest.approx(
-        saved["dice_mean_final"], abs=1e-6
+        metrics["dice_mean_final"], abs=1e-6
     )
 
 
@@ -356,15 +363,5 @@ def test_ddp_preset_runs_on_two_cpu_ranks(tmp_path, demo_data_dir):
     # 8 patches per epoch, batch 2, split over 2 ranks: 2 steps per epoch, 2 epochs
     assert metrics["global_step"] == 4
     # the two ranks' validation Dice, gathered, is that of one process scoring all the cases
-    from segkit.inference.predict import PredictOptions, predict
 
-    images, labels = _validation_folders(tmp_path, demo_data_dir, metrics["validation_cases"])
-    predict(
-        ckpt=tmp_path / "checkpoints" / "last.ckpt",
-        input=images,
-        output=tmp_path / "pred_val",
-        options=PredictOptions(mode="auto", overlap=0.5, window_scale=1.0, progress=False),
-    )
-    assert _hand_dice(tmp_path / "pred_val", labels) == pytest.approx(
-        metrics["dice_mean_final"], abs=1e-6
-    )
+    _assert_final_dice_is_predict_plus_hand_dice(tmp_path, demo_data_dir, metrics)
