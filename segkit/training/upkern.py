@@ -134,16 +134,20 @@ class InitReport:
             text += ", resized " + ", ".join(f"{n} kernels {how}" for how, n in resized.items())
         averaged = self.of("input channels averaged")
         if averaged:
-            text += f", averaged the input channels of {len(averaged)} tensors"
+            text += f", averaged the input channels of {_tensors(len(averaged))}"
         fresh = self.of("re-initialised")
         if fresh:
-            text += f", re-initialised {len(fresh)} head tensors (another number of classes)"
+            text += f", re-initialised {_tensors(len(fresh))} of heads (another number of classes)"
         return text
 
     def listing(self) -> str:
         """One line per tensor: name, then what was done."""
         width = max((len(n) for n, _ in self.actions), default=0)
         return "\n".join(f"  {n:<{width}}  {a}" for n, a in self.actions)
+
+
+def _tensors(n: int) -> str:
+    return f"{n} tensor" + ("" if n == 1 else "s")
 
 
 def _spec_value(obj: object, key: str) -> int | None:

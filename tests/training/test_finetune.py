@@ -67,7 +67,7 @@ def test_4_class_checkpoint_into_2_class_network_keeps_fresh_heads(tmp_path, dee
     assert len(report.of("copied")) == len(before) - len(heads)
     assert report.summary() == (
         f"copied {len(before) - len(heads)} tensors, "
-        f"re-initialised {len(heads)} head tensors (another number of classes)"
+        f"re-initialised {len(heads)} tensors of heads (another number of classes)"
     )
 
 
@@ -131,12 +131,15 @@ def test_other_mismatches_still_raise_listing_them_all(tmp_path):
     assert len(missing) == 18 and f"{len(missing)} tensor(s) cannot be mapped" in msg
     assert all(f"{k} {tuple(before[k].shape)}: not in the checkpoint" in msg for k in missing)
     assert all(torch.equal(v, before[k]) for k, v in deeper.state_dict().items())  # untouched
-    # a head reading another width is not a change of classes; nor is a deeper input axis
-    wider = UNet(**dict(CFG, channels=6, out_channels=2))
+    # a head reading another width is not a change of classes
+    narrower = UNet(**dict(CFG, channels=2, out_channels=2))
     with pytest.raises(ConfigError) as exc:
-        map_checkpoint(wider, path)
-    assert "heads.0.weight: checkpoint (4, 4, 1, 1, 1) vs network (2, 6, 1, 1, 1)" in str(exc.value)
+        map_checkpoint(narrower, path)
+    assert "heads.0.weight: checkpoint (4, 4, 1, 1, 1) vs network (2, 2, 1, 1, 1)" in str(exc.value)
     assert "encoder.1.blocks.0.convs.0.conv.weight: checkpoint" in str(exc.value)
+    # a 1-D tensor of a narrower first stage (2 wide, 2 classes) differs only in dim 0, by the
+    # number of classes, as a head's does: not a head, still refused
+    assert "encoder.0.blocks.0.convs.0.conv.bias: checkpoint (4,) vs network (2,)" in str(exc.value)
 
 
 def test_freeze_choices():
