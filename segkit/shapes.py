@@ -136,10 +136,12 @@ def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
     one size computes the same thing at another. ``op`` in ``[0, s)`` (it only adds
     voxels at the end) then solves the size: always when ``P + u − e`` is even
     (DESIGN.md's identity, ``op = r``); when it is odd (nnU-Net's 3×3 stride-2 conv
-    undone by a 2×2 transposed conv) whenever ``r ≥ 1``. What is left, one voxel, is
-    cropped at the end of the axis (or zeros padded there when the up kernel is
-    smaller than the stride). One more voxel of padding would avoid that crop on
-    some sizes but shift the decoder's grid by a voxel on those sizes only.
+    undone by a 2×2 transposed conv) whenever ``r ≥ 1``, and with an up kernel smaller
+    than the stride whenever ``r − (P + u − e) < s``. What is left is cropped at the end
+    of the axis (one voxel), or, for an up kernel smaller than the stride, padded there
+    with voxels that carry the bias alone, as output_padding's voxels do. One more voxel
+    of padding would avoid that crop on some sizes but shift the decoder's grid by a
+    voxel on those sizes only.
 
     Args:
         skip: size of the encoder feature map before downsampling (the skip).
@@ -153,12 +155,12 @@ def fit_transposed(skip: int, down: Downsample, up_kernel: int) -> UpFit:
     total = down.pad_lo + down.pad_hi + up_kernel - down.extent
     remainder = (skip + down.pad_lo + down.pad_hi - down.extent) % s
     padding = up_padding(down, up_kernel)
-    if total >= 0:
-        op = remainder - (total - 2 * padding)
-        if 0 <= op < s:
-            return UpFit(padding=padding, output_padding=op, crop=0)
-    out = conv_transpose_out(down.out(skip), up_kernel, s, padding, remainder)
-    return UpFit(padding=padding, output_padding=remainder, crop=out - skip)
+    op = remainder - (total - 2 * padding)
+    if 0 <= op < s:
+        return UpFit(padding=padding, output_padding=op, crop=0)
+    op = min(max(op, 0), s - 1)  # as close as output_padding gets; the rest is cropped
+    out = conv_transpose_out(down.out(skip), up_kernel, s, padding, op)
+    return UpFit(padding=padding, output_padding=op, crop=out - skip)
 
 
 def to_tuple(value: IntOrSeq, ndim: int, *, name: str = "value") -> tuple[int, ...]:

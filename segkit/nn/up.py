@@ -29,24 +29,23 @@ class _StaticFit:
     With padding ``p``, output_padding ``op`` and the one-sided crop ``c`` of the eager
     path, output voxel ``i`` is voxel ``p + i`` of the full (unpadded) transposed
     convolution; voxels past the full output carry only the bias (the output_padding
-    region), and with ``c < 0`` the last ``-c`` voxels are zeros. ``p`` is
+    region, also the voxels the eager path pads when ``c < 0``). ``p`` is
     :func:`~segkit.shapes.up_padding` for every size (see
     :func:`~segkit.shapes.fit_transposed`), so the output is a fixed-offset slice of the
-    skip's length, which the exporters keep symbolic; the zero tail is constant per axis.
+    skip's length, which the exporters keep symbolic.
     """
 
     def __init__(self, downs: Sequence[Downsample], kernel: Size) -> None:
-        pads, crops = [], []
+        pads, short = [], []
         for down, k in zip(downs, kernel):
             p = up_padding(down, k)
             pads.append(p)
-            # below zero (an up kernel smaller than the stride) the crop pads zeros,
-            # as many for every size
-            crops.append(down.pad_lo + down.pad_hi + k - down.extent - 2 * p)
+            # an up kernel smaller than the stride leaves up to s − 1 − T voxels past the
+            # full output, which carry the bias alone (as the eager path pads them)
+            short.append(max(0, -(down.pad_lo + down.pad_hi + k - down.extent - 2 * p)))
         self.stride = tuple(d.stride for d in downs)
         self.pads = tuple(pads)
-        self.zero_tail = tuple(max(0, -c) for c in crops)
-        self.extra = tuple(s + z for s, z in zip(self.stride, self.zero_tail))
+        self.extra = tuple(s + z for s, z in zip(self.stride, short))
 
     def apply(
         self,
@@ -65,10 +64,6 @@ class _StaticFit:
         for axis in range(ndim):
             size = skip_size[axis]
             y = y.narrow(axis + 2, self.pads[axis], size)
-            tail = self.zero_tail[axis]
-            if tail:
-                keep = y.narrow(axis + 2, 0, size - tail)
-                y = F.pad(keep, [0, 0] * (ndim - 1 - axis) + [0, tail])
         return y
 
 
@@ -136,10 +131,16 @@ class UpTransposed(nn.Module):
         if traceable:
             return self._static.apply(x, skip_size, self.conv, self.stride, self.groups, conv_t)
         pad, op, crop = self._fit(tuple(skip_size))
-        y = conv_t(x, self.conv.weight, self.conv.bias, self.stride, pad, op, self.groups)
-        if any(crop):
-            # Fixed side (the end): positive crops, negative pads with zeros.
-            y = F.pad(y, [p for c in reversed(crop) for p in (0, -c)])
+        if all(c >= 0 for c in crop):
+            y = conv_t(x, self.conv.weight, self.conv.bias, self.stride, pad, op, self.groups)
+        else:  # an up kernel smaller than the stride: voxels past op carry the bias alone
+            y = conv_t(x, self.conv.weight, None, self.stride, pad, op, self.groups)
+            y = F.pad(y, [p for c in reversed(crop) for p in (0, max(0, -c))])
+            if self.conv.bias is not None:
+                y = y + self.conv.bias.view(1, -1, *([1] * (y.dim() - 2)))
+            crop = tuple(max(0, c) for c in crop)
+        if any(crop):  # the end of the axis, one fixed side
+            y = y[(slice(None), slice(None), *(slice(0, n - c) for n, c in zip(y.shape[2:], crop)))]
         return y
 
 

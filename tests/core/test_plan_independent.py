@@ -81,19 +81,19 @@ def _transposed(skip: int, e: int, s: int, total: int, u: int) -> tuple[int, int
     With ``T = P + u − e`` and ``r = (S + P − e) mod s`` the output is
     ``S + T − 2p + (op − r)``. The padding is one value for every size,
     ``p = max(0, ⌊T/2⌋)`` (it sets where each upsampled voxel lands: the same grid at
-    every size). ``op`` only adds voxels at the end: ``T`` even, ``op = r`` (DESIGN.md's
-    identity); ``T`` odd, ``op = r − 1`` when ``r ≥ 1``. Otherwise ``op = r`` and the rest
-    is cropped at the end (negative: padded). ``T < 0`` always takes that last branch, as
-    segkit does today, although ``p = 0, op = r − T`` is exact when ``r − T < s``
-    (:func:`test_an_exact_pair_is_used_when_the_up_kernel_is_smaller_than_the_pool`).
+    every size). ``op`` only adds voxels at the end and solves ``op = r − (T − 2p)``
+    where that lies in ``[0, s)``: always for ``T`` even (DESIGN.md's identity), for ``T``
+    odd when ``r ≥ 1``, for ``T < 0`` (an up kernel smaller than the stride) when
+    ``r − T < s``. Otherwise ``op`` is the nearest value in ``[0, s)`` and the rest is
+    cropped at the end (negative: padded).
     """
     t, r = total + u - e, (skip + total - e) % s
-    if t >= 0 and t % 2 == 0:
-        return t // 2, r, 0
-    if t > 0 and r >= 1:
-        return (t - 1) // 2, r - 1, 0
     p = max(0, t // 2)
-    return p, r, t - 2 * p
+    op = r - (t - 2 * p)
+    if 0 <= op < s:
+        return p, op, 0
+    op = min(max(op, 0), s - 1)
+    return p, op, skip + t - 2 * p + op - r - skip
 
 
 def _pairs(inner: int, s: int, u: int) -> dict[tuple[int, int], int]:
@@ -127,17 +127,11 @@ def test_transposed_closed_form_against_a_brute_force_search_with_torch():
             p, op, crop = _transposed(skip, e, s, total, u)
             assert sizes[p, op] - crop == skip, (e, s, total, u, skip)
             assert p == max(0, (total + u - e) // 2)  # one padding (grid) for every size
-            if total + u - e >= 0:  # a crop exactly where no op lands on the skip, the least
-                best = min(abs(n - skip) for (q, _), n in sizes.items() if q == p)
-                assert abs(crop) == best, (e, s, total, u, skip, crop, best)
+            # a crop exactly where no op lands on the skip, the least with that padding
+            best = min(abs(n - skip) for (q, _), n in sizes.items() if q == p)
+            assert abs(crop) == best, (e, s, total, u, skip, crop, best)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="segkit.shapes.fit_transposed crops (pads a zero voxel) whenever P + u − e < 0, "
-    "though p = 0, op = r − (P + u − e) is exact when below the stride; README: a crop only "
-    "where no valid pair exists",
-)
 def test_an_exact_pair_is_used_when_the_up_kernel_is_smaller_than_the_pool():
     for s, u in ((2, 1), (3, 1), (3, 2)):
         for skip in range(s, 4 * s):

@@ -83,3 +83,25 @@ def test_same_grid_in_3d_on_anisotropic_strides():
     assert min(k1, k2) > 4
     diff = (out[..., :k1, :k2] - ref[..., :k1, :k2]).abs().max().item()
     assert diff < 1e-5, diff
+
+
+@pytest.mark.parametrize("up_kernel", [1, 2, 3])
+def test_export_path_equals_eager_where_the_up_kernel_is_smaller_than_the_stride(up_kernel):
+    """The shape-free path the exporters trace (``traceable=True``) computes what the eager
+    path computes, also where output_padding cannot reach the skip's size (a 1×1
+    transposed conv after a 3-stride pool: the voxels past it carry the bias alone)."""
+    net = _net(
+        2,
+        downsample="maxpool",
+        kernel_size=3,
+        up_kernel_size=up_kernel,
+        strides=[1, 3, 2],
+        upsample="transposed",
+    )
+    with torch.inference_mode():
+        for size in [(19, 17), (20, 16), (21, 23), (24, 25)]:
+            x = torch.randn(1, 1, *size, generator=torch.Generator().manual_seed(sum(size)))
+            eager = net(x)
+            traced = net(x, traceable=True)
+            assert eager.shape[2:] == size
+            torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-5)
