@@ -71,3 +71,30 @@ def autograd_saved_bytes(net, x) -> int:
         net(x)
     params = {p.untyped_storage().data_ptr() for p in net.parameters()}
     return sum(v for k, v in seen.items() if k not in params)
+
+
+def preset_memory_estimate(
+    overrides: list[str], patch: tuple[int, ...], batch: int, precision: str, device: str
+):
+    """A composed model preset's spec, optimizer config and the planner's training-memory
+    estimate for one step (what the memory tests compare with a real peak)."""
+    from omegaconf import OmegaConf
+
+    from segkit.config import compose, model_config
+    from segkit.nn import plan_unet
+    from segkit.planner import optimizer_state_count, training_memory
+    from segkit.spec import UNetSpec
+
+    cfg = compose(overrides)
+    model = model_config(cfg, num_channels=1, num_classes=3)
+    optimizer = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
+    spec = UNetSpec.from_config(model)
+    estimate = training_memory(
+        spec,
+        plan_unet(spec, patch),
+        batch,
+        optimizer_states=optimizer_state_count(optimizer),
+        precision=precision,
+        device=device,
+    )
+    return model, spec, optimizer, estimate

@@ -23,12 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
-from segkit.config import compose, model_config
-from segkit.nn import plan_unet
-from segkit.planner import optimizer_state_count, training_memory
-from segkit.spec import UNetSpec
+from tests.utils import preset_memory_estimate
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/clear_refs").exists(),
@@ -68,17 +64,8 @@ DEFAULT = [("resenc", "bf16", SIZES[0]), ("mednext_s", "fp32", SIZES[0])]
 
 
 def _case(preset: str, precision: str, size: tuple[int, ...]) -> tuple[dict, object]:
-    cfg = compose([f"model={preset}", *PRESETS[preset]])
-    model = model_config(cfg, num_channels=1, num_classes=3)
-    optimizer = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
-    spec = UNetSpec.from_config(model)
-    estimate = training_memory(
-        spec,
-        plan_unet(spec, size),
-        BATCH,
-        optimizer_states=optimizer_state_count(optimizer),
-        precision=precision,
-        device="cpu",
+    model, _, optimizer, estimate = preset_memory_estimate(
+        [f"model={preset}", *PRESETS[preset]], size, BATCH, precision, "cpu"
     )
     child = dict(model=model, optimizer=optimizer, patch=list(size), batch=BATCH)
     return dict(child, precision=precision), estimate

@@ -9,7 +9,7 @@ import torch
 
 from segkit.config import compose
 from segkit.training.run import train
-from tests.utils import TINY
+from tests.utils import TINY, preset_memory_estimate
 
 pytestmark = [
     pytest.mark.gpu,
@@ -56,26 +56,14 @@ def test_odd_sizes_on_gpu_under_bf16_autocast():
 def test_memory_estimate_bounds_cuda_max_memory_allocated(preset, patch, precision):
     """One-sided, as on the CPU (tests/planner/test_memory_peak.py): the estimate is never
     below the allocator's peak of a training step and at most 25 % above it."""
-    from omegaconf import OmegaConf
 
-    from segkit.config import model_config
-    from segkit.nn import UNet, plan_unet
-    from segkit.planner import optimizer_state_count, training_memory
-    from segkit.spec import UNetSpec
+    from segkit.nn import UNet
     from segkit.training.losses import build_loss
     from segkit.training.module import build_optimizer
 
-    cfg = compose([f"model={preset}"])
-    spec = UNetSpec.from_config(model_config(cfg, num_channels=1, num_classes=3))
-    optim = OmegaConf.to_container(cfg.optim.optimizer, resolve=True)
     batch = 2
-    estimate = training_memory(
-        spec,
-        plan_unet(spec, patch),
-        batch,
-        optimizer_states=optimizer_state_count(optim),
-        precision=precision,
-        device="cuda",
+    _, spec, optim, estimate = preset_memory_estimate(
+        [f"model={preset}"], patch, batch, precision, "cuda"
     )
     torch.backends.cudnn.benchmark = False  # benchmarking tries workspaces of any size
     torch.cuda.synchronize()
