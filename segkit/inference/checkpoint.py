@@ -22,6 +22,7 @@ import torch
 
 from segkit.data.preprocess import Preprocessor
 from segkit.errors import ConfigError, SegkitError
+from segkit.inference.outputs import SOFTMAX, OutputHead
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 
@@ -52,6 +53,8 @@ class LoadedModel:
         calibration: the sliding-window setting measured at the end of training
             (``overlap``, ``window_scale``, ``dice_mean``, the measured ``rows``), None
             if the checkpoint has none.
+        head: what the output channels mean (softmax classes or sigmoid regions;
+            ``hyper_parameters.output_head``, softmax if absent).
     """
 
     net: UNet
@@ -62,6 +65,7 @@ class LoadedModel:
     path: Path
     slice_axis: int = 2
     calibration: dict[str, Any] | None = None
+    head: OutputHead = SOFTMAX
 
 
 def _not_segkit(path: Path, why: str) -> ConfigError:
@@ -193,7 +197,22 @@ def load_model(
         path=path,
         slice_axis=int(hp.get("slice_axis", 2)),
         calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
+        head=_head(path, hp.get("output_head")),
     )
+
+
+def _head(path: Path, value: Any) -> OutputHead:
+    if not value:
+        return SOFTMAX
+    if not isinstance(value, Mapping):
+        raise _not_segkit(path, f"hyper_parameters.output_head is {type(value).__name__}")
+    try:
+        return OutputHead(
+            kind=str(value.get("kind", "softmax")),
+            region_order=tuple(int(v) for v in value.get("region_order") or ()),
+        )
+    except (SegkitError, TypeError, ValueError) as err:
+        raise _not_segkit(path, f"hyper_parameters.output_head is invalid: {err}") from err
 
 
 def _calibration(value: Any) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
 from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.postprocess import apply_postprocessing, check_steps
 from segkit.inference.parts import (
     check_workers,
     describe_part,
@@ -77,6 +78,8 @@ class PredictOptions:
             processes or jobs share a folder; ``1/1``: every case.
         workers: threads reading and preprocessing the next cases while the current one
             is inferred (0: each case read when its turn comes); outputs are the same.
+        postprocess: steps applied to each label map on the input's grid before it is
+            written (:mod:`segkit.inference.postprocess`; e.g. ``largest_per_class``).
     """
 
     mode: str = "auto"
@@ -89,8 +92,10 @@ class PredictOptions:
     progress: bool = True
     part: str = "1/1"
     workers: int = 0
+    postprocess: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "postprocess", check_steps(self.postprocess))
         parse_part(self.part)
         check_workers(self.workers)
         # the same checks as the engine's settings, before any file is read
@@ -317,6 +322,8 @@ def check_ensemble(models: Sequence[LoadedModel]) -> None:
             why = f"{other.spec.in_channels} vs {first.spec.in_channels} input channels"
         elif other.label_names != first.label_names:
             why = f"classes {other.label_names} vs {first.label_names}"
+        elif other.head != first.head:
+            why = f"outputs {other.head} vs {first.head} (regions and classes do not average)"
         elif other.preprocessor != first.preprocessor:
             why = (
                 "other preprocessing (target spacing, normalisation or intensity statistics): "
@@ -356,7 +363,8 @@ def _probabilities(
     opts: PredictOptions,
     device: torch.device,
 ) -> tuple[torch.Tensor, list[tuple[Decision, str]]]:
-    """Softmax probabilities (K, *S) averaged over ``models``, and what each one ran."""
+    """Probabilities (K, *S) averaged over ``models`` (softmax classes or sigmoid regions,
+    per the checkpoints' output head), and what each one ran."""
     x = torch.from_numpy(image).to(device)[None]
     total = None
     decisions = []
@@ -374,7 +382,7 @@ def _probabilities(
             slice_axis=model.slice_axis,
             progress=opts.progress,
         )
-        probs = torch.softmax(logits[0], dim=0)
+        probs = model.head.probabilities(logits[0], dim=0)
         total = probs if total is None else total.add_(probs)
         decisions.append((decision, source))
     return total / len(models), decisions
@@ -401,8 +409,11 @@ def predict_case(
     pre = models[0].preprocessor
     image, props = pre.preprocess_image(case.images) if prepared is None else prepared
     probs, decisions = _probabilities(models, image, opts, device)
-    seg = probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int16)
+    head = models[0].head
+    seg = head.labels(probs, dim=0).to(head.label_dtype(probs.shape[0]))
     seg_orig = pre.invert(seg.cpu().numpy(), props)
+    if opts.postprocess:
+        seg_orig = apply_postprocessing(seg_orig, opts.postprocess)
     out = output_dir / _output_name(case)
     probs_orig = None
     if opts.save_probabilities:
