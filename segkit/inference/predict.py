@@ -32,7 +32,6 @@ from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
 from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
-from segkit.inference.postprocess import apply_postprocessing, check_steps
 from segkit.inference.parts import (
     check_workers,
     describe_part,
@@ -40,6 +39,7 @@ from segkit.inference.parts import (
     read_ahead,
     select_part,
 )
+from segkit.inference.postprocess import apply_postprocessing, check_steps
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
