@@ -7,7 +7,8 @@ and ``sw_batch_size='4'`` are accepted, ``overlap=abc`` is not). A string key ke
 text as written (``output=2025-01-31``, ``ckpt=a.ckpt,b.ckpt``), unquoted when it is
 quoted. ``--key value`` and ``--key=value`` mean ``key=value``; ``--key`` alone sets a
 boolean key (``--json`` is ``json=true``); a key may have a short alias (``-m``), and a
-command may name keys filled by bare words (``segkit sweep-report DIR``). Commands
+command may name keys filled by bare words (``segkit sweep-report DIR``; a list key
+takes all the remaining ones, ``segkit select A B``). Commands
 that compose ``conf/train.yaml`` (``plan``, ``configure``) hand every other argument
 to Hydra as an override. Nothing here imports torch.
 """
@@ -192,6 +193,9 @@ def parse(command: Command, argv: Sequence[str]) -> Arguments:
         key = command.key(name) if sep else None
         if key is None and not sep and positional:
             key, text = command.key(positional[0]), word
+            if key.type is list:  # a list key takes every remaining bare word, as written
+                out.values.setdefault(key.name, []).append(word)
+                continue
         if key is None:
             if command.hydra:
                 out.overrides.append(word)  # Hydra names what is wrong with it

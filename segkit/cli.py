@@ -1,4 +1,5 @@
-"""The ``segkit`` command: plan, configure, predict, evaluate, export, make-demo, sweep-report.
+"""The ``segkit`` command: plan, configure, cv, select, predict, evaluate, export, make-demo,
+sweep-report.
 
 Every subcommand reads its arguments in one grammar, Hydra-style ``key=value``
 (:mod:`segkit.args`), and prints its keys with ``segkit COMMAND --help``.
@@ -51,9 +52,9 @@ def _plan_one(overrides: Sequence[str]):
     check_data_choice(cfg)
     try:
         info = read_dataset_info(Path(cfg.data.root))
-        counts = (info.num_channels, info.num_classes)
+        counts = (info.num_channels, info.num_outputs)  # outputs: one per region, if regions
     except (SegkitError, OmegaConfBaseException, OSError):
-        counts = None  # no (readable) dataset yet: the plan still shows, with a note
+        info, counts = None, None  # no (readable) dataset yet: the plan still shows, with a note
     spec, plan = plan_network(
         cfg,
         num_channels=counts[0] if counts else None,
@@ -71,6 +72,8 @@ def _plan_one(overrides: Sequence[str]):
             f"{spec.out_channels} classes)\n"
         )
         plan = replace(plan, title=plan.title + note)
+    if info is not None and info.describe_outputs():
+        plan = replace(plan, title=f"{plan.title}{info.describe_outputs()}\n")
     return spec, plan
 
 
@@ -199,7 +202,8 @@ MAKE_DEMO = Command(
     description="Write the synthetic demo dataset (Decathlon layout: dataset.json, imagesTr/,\n"
     "labelsTr/, imagesTs/ and labelsTs/) unless DIR already holds one:\n\n"
     "  segkit make-demo\n  segkit make-demo data/demo2 num_cases=20 seed=1\n"
-    "  segkit make-demo data/demo_sparse sparse=0.2",
+    "  segkit make-demo data/demo_sparse sparse=0.2\n"
+    "  segkit make-demo data/demo_regions --regions       (BraTS-like, 4 channels)",
     keys=(
         Key("dir", "the dataset folder to write"),
         Key("num_cases", "labelled training cases (3 test cases are added)", int),
@@ -209,6 +213,11 @@ MAKE_DEMO = Command(
             "annotate only this fraction of slices (last axis); the rest is 'ignore'",
             float,
             nullable=True,
+        ),
+        Key(
+            "regions",
+            "a BraTS-like dataset instead: 4 channels, nested regions (nnU-Net v2 layout)",
+            bool,
         ),
     ),
     run=cmd_make_demo,
@@ -235,9 +244,10 @@ SWEEP_REPORT = Command(
 def commands() -> dict[str, Command]:
     """Every ``segkit`` subcommand by name."""
     from segkit.configure import CONFIGURE
+    from segkit.crossval.cli import CV, SELECT
     from segkit.inference.cli import EVALUATE, EXPORT, PREDICT
 
-    found = (PLAN, CONFIGURE, PREDICT, EVALUATE, EXPORT, MAKE_DEMO, SWEEP_REPORT)
+    found = (PLAN, CONFIGURE, CV, SELECT, PREDICT, EVALUATE, EXPORT, MAKE_DEMO, SWEEP_REPORT)
     return {c.name: c for c in found}
 
 

@@ -68,8 +68,26 @@ def cmd_configure(args: Arguments) -> int:
         for key, value in values.items():
             print(f"    {key}: {json.dumps(value).replace(', ', ',')}")
     print("\nas overrides:\n  " + _override_list(frag) + "\n")
+    outputs = _outputs_line(cfg)
+    if outputs:
+        print(outputs)
     print(result.plan.table())
     return 0
+
+
+def _outputs_line(cfg: Any) -> str | None:
+    """The region outputs of a region dataset (None otherwise, or without a readable one)."""
+    from pathlib import Path
+
+    from omegaconf.errors import OmegaConfBaseException
+
+    from segkit.data.layouts import read_dataset_info
+    from segkit.errors import SegkitError
+
+    try:
+        return read_dataset_info(Path(cfg.data.root)).describe_outputs()
+    except (SegkitError, OmegaConfBaseException, OSError):
+        return None
 
 
 def _planner_defaults() -> dict[str, Any]:

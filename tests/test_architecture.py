@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("segkit.data",),
     ("segkit.planner", "segkit.nnunet_plans"),
     ("segkit.inference",),
-    ("segkit.training", "segkit.sweeps"),
+    ("segkit.training", "segkit.sweeps", "segkit.crossval"),
     ("segkit.configure", "segkit.cli"),
 ]
 TORCH_FREE = (

@@ -139,6 +139,8 @@ class SegDataModule(pl.LightningDataModule):
         make_demo_if_missing: Generate the synthetic demo at `root` if absent; a path
             means "only when `root` is this path", so pointing `data.root` at a real
             dataset never writes synthetic data into it.
+        demo: Keyword arguments of `make_demo` for `make_demo_if_missing` (e.g.
+            ``{"regions": true}`` for the BraTS-like region demo).
         augment: Keyword arguments of `BatchAugment`; None disables augmentation.
         seed: Seed of patch sampling.
         val_max_cases: Validate on at most this many cases of the fold.
@@ -159,6 +161,7 @@ class SegDataModule(pl.LightningDataModule):
         normalization: str | Sequence[str] = "auto",
         cache_dir: str | Path | None = None,
         make_demo_if_missing: bool | str | Path = False,
+        demo: Mapping[str, Any] | None = None,
         augment: Mapping[str, Any] | None = None,
         seed: int = 0,
         val_max_cases: int | None = None,
@@ -183,6 +186,7 @@ class SegDataModule(pl.LightningDataModule):
         if isinstance(make_demo_if_missing, str | Path):
             make_demo_if_missing = Path(make_demo_if_missing).resolve() == self.root.resolve()
         self.make_demo_if_missing = bool(make_demo_if_missing)
+        self.demo_options = dict(_plain(demo or {}))
         self.augment_kwargs = None if augment is None else _plain(augment)
         self.augment = None if augment is None else BatchAugment(**self.augment_kwargs)
         self.seed = int(seed)
@@ -194,7 +198,7 @@ class SegDataModule(pl.LightningDataModule):
 
     def _ensure_root(self) -> None:
         if self.make_demo_if_missing and not (self.root / "dataset.json").is_file():
-            make_demo(self.root)
+            make_demo(self.root, **self.demo_options)
 
     def dataset_info(self) -> DatasetInfo:
         """Channels/classes/labels from dataset.json (creates the demo if configured)."""
@@ -262,7 +266,7 @@ class SegDataModule(pl.LightningDataModule):
 
         Labels keep the cache's integer type (int16 above 256 classes).
         """
-
+        info = self.dataset_info()
         dataset = PatchDataset(
             cases_dir=self._prepared.cases_dir,
             case_ids=self.train_ids,
@@ -271,7 +275,8 @@ class SegDataModule(pl.LightningDataModule):
             oversample_foreground=self.oversample_foreground,
             seed=self.seed,
             slice_axis=self.slice_axis,
-            ignore_label=self.dataset_info().ignore_label,
+            ignore_label=info.ignore_label,
+            regions=[r.labels for r in info.regions] or None,
         )
         return DataLoader(
             dataset,

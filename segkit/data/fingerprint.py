@@ -223,7 +223,7 @@ def compute_dataset_fingerprint(
         shapes_after_crop=tuple(tuple(r["shape"]) for r in results),
         case_ids=tuple(r["case_id"] for r in results),
         num_channels=info.num_channels,
-        num_classes=info.num_classes,
+        num_classes=info.num_outputs,  # the network's outputs: one per region, if regions
         intensity=intensity,
         axis_order="RAS",
         source=str(dataset.root),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix
+from segkit.data.regions import ORDER_KEY, Region, describe_outputs, has_regions, parse_regions
 from segkit.errors import DataError
 
 MSD = "msd"
@@ -34,6 +35,12 @@ class DatasetInfo:
         ignore_label: The label value of unannotated voxels (``"ignore"`` in
             dataset.json), None without one. It is not a class: it equals
             `num_classes` (the next value after the classes, nnU-Net v2's rule).
+        regions: For a region dataset (nnU-Net v2: labels mapped to lists of values),
+            the regions in output-channel order; empty otherwise. `num_classes` then
+            counts the label values of the label files (0..K) and `label_names` names
+            each value by the region that writes it.
+        regions_class_order: The label value each region writes (dataset.json
+            ``regions_class_order``); empty without regions.
     """
 
     num_channels: int
@@ -43,11 +50,29 @@ class DatasetInfo:
     layout: str
     num_training: int
     ignore_label: int | None = None
+    regions: tuple[Region, ...] = ()
+    regions_class_order: tuple[int, ...] = ()
 
     @property
     def num_label_values(self) -> int:
         """Values a label file may hold: the classes, plus the ignore label if any."""
         return self.num_classes + (self.ignore_label is not None)
+
+    @property
+    def num_outputs(self) -> int:
+        """Output channels of the network: one per region, else one per class."""
+        return len(self.regions) or self.num_classes
+
+    @property
+    def output_head(self) -> dict[str, Any] | None:
+        """``hyper_parameters.output_head`` of a region model (None: softmax classes)."""
+        if not self.regions:
+            return None
+        return {"kind": "sigmoid", "region_order": list(self.regions_class_order)}
+
+    def describe_outputs(self) -> str | None:
+        """The plan table's line for region outputs (None for softmax classes)."""
+        return describe_outputs(self.regions, self.regions_class_order) if self.regions else None
 
 
 @dataclass(frozen=True)
@@ -380,8 +405,21 @@ def read_dataset(root: Path) -> Dataset:
         key="modality" if layout == MSD else "channel_names",
         path=path,
     )
-    ignore_label = _split_ignore(meta, layout, path=path)
-    label_names = _label_names(meta, layout, path=path)
+    regions: tuple[Region, ...] = ()
+    order: tuple[int, ...] = ()
+    if layout == NNUNET and has_regions(meta.get("labels")):
+        ignore_label = None
+        regions, order, label_names = parse_regions(meta, path=path)
+    else:
+        if ORDER_KEY in meta:
+            raise DataError(
+                f"{path}: '{ORDER_KEY}' is given but no label maps to a list of values, so "
+                "there are no regions to order (regions need the nnU-Net v2 layout, "
+                '"channel_names" and e.g. "whole_tumor": [1, 2, 3]). Fix: remove '
+                f"'{ORDER_KEY}', or declare the regions in 'labels'."
+            )
+        ignore_label = _split_ignore(meta, layout, path=path)
+        label_names = _label_names(meta, layout, path=path)
     if layout == MSD:
         training, test = _msd_cases(meta, root, path=path)
     else:
@@ -403,6 +441,8 @@ def read_dataset(root: Path) -> Dataset:
         layout=layout,
         num_training=len(training),
         ignore_label=ignore_label,
+        regions=regions,
+        regions_class_order=order,
     )
     return Dataset(root=root, info=info, training=tuple(training), test=tuple(test))
 

@@ -74,6 +74,10 @@ class PatchDataset(Dataset):
         ignore_label: Label value of unannotated voxels (None: none). They are never
             foreground for oversampling, and a random patch holding no annotated voxel
             is redrawn (up to `_ANNOTATED_TRIES` times) so that batches carry a signal.
+        regions: For region training, the label values of each region (dataset.json);
+            a foreground patch is then centred on a random voxel of a random region
+            present in the case (nnU-Net's region sampling), so every region, the small
+            inner ones included, gets its share; None: a random foreground class.
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class PatchDataset(Dataset):
         seed: int = 0,
         slice_axis: int = 2,
         ignore_label: int | None = None,
+        regions: Sequence[Sequence[int]] | None = None,
     ) -> None:
         if not case_ids:
             raise ConfigError("PatchDataset needs at least one case; the training split is empty.")
@@ -102,6 +107,7 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.slice_axis = int(slice_axis)
         self.ignore_label = None if ignore_label is None else int(ignore_label)
+        self.regions = tuple(tuple(int(v) for v in r) for r in regions or ())
         self._cases = _CaseCache(cases_dir)
 
     def __len__(self) -> int:
@@ -132,7 +138,7 @@ class PatchDataset(Dataset):
         low, high = np.minimum(0, shape - patch), np.maximum(0, shape - patch)
         classes = [c for c in fg if c != self.ignore_label]  # annotated foreground only
         if forced and classes:
-            rows = fg[int(rng.choice(classes))]
+            rows = fg[self._foreground_value(rng, classes, fg)]
             centre = rows[int(rng.integers(len(rows)))]
             lower = np.clip(centre - patch // 2, low, high)
         else:
@@ -163,6 +169,19 @@ class PatchDataset(Dataset):
             out_lab = out_lab.squeeze(self.slice_axis)
         info = {"case": case_id, "forced_foreground": forced, "lower": lower.tolist()}
         return out_img, out_lab, info
+
+    def _foreground_value(
+        self, rng: np.random.Generator, classes: list[int], fg: dict[int, np.ndarray]
+    ) -> int:
+        """The label value whose voxels a foreground patch is centred on."""
+        present = [[v for v in r if v in fg] for r in self.regions]
+        present = [r for r in present if r]
+        if not present:
+            return int(rng.choice(classes))
+        values = present[int(rng.integers(len(present)))]
+        # a value in proportion to its voxels: uniform over the region's voxels
+        sizes = np.array([len(fg[v]) for v in values], dtype=np.float64)
+        return int(values[int(rng.choice(len(values), p=sizes / sizes.sum()))])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         image, label, _ = self.sample_patch(index)

@@ -22,6 +22,7 @@ from torch import nn
 from segkit.defaults import CALIBRATION_OVERLAPS
 from segkit.errors import ConfigError
 from segkit.inference.engine import InferenceSettings, infer
+from segkit.inference.outputs import SOFTMAX, OutputHead
 from segkit.inference.scoring import mean_dice
 from segkit.table import format_table
 
@@ -126,6 +127,7 @@ def calibrate(
     score: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     patch_size: Sequence[int],
+    head: OutputHead = SOFTMAX,
     slice_axis: int = 2,
     overlaps: Sequence[float] = CALIBRATION_OVERLAPS,
     window_scales: Sequence[float] = (1.0, 1.5),
@@ -138,9 +140,11 @@ def calibrate(
     Args:
         net: the trained network in eval mode.
         cases: ``(case id, image (1, C, *S), label (*S))``; iterated once.
-        score: ``(case id, predicted labels (*S), label (*S)) -> per-class Dice`` (NaN
-            where absent), e.g. on the case's original grid as ``segkit evaluate`` scores it.
+        score: ``(case id, predicted labels (*S), label (*S)) -> per-class (or per-region)
+            Dice`` (NaN where absent), e.g. on the case's original grid as ``segkit
+            evaluate`` scores it.
         patch_size: the training patch.
+        head: turns the network's outputs into labels (softmax classes or sigmoid regions).
         slice_axis: for 2D networks on volumes, the sliced axis.
         overlaps: overlaps to try.
         window_scales: window sizes to try, as multiples of the patch.
@@ -168,7 +172,7 @@ def calibrate(
             logits, decision = infer(
                 net, image, patch_size=patch_size, settings=settings, slice_axis=slice_axis
             )
-            pred = logits.argmax(1)[0]
+            pred = head.labels_from_logits(logits[0], dim=0)
             seconds[i] += time.perf_counter() - start
             slices = image.shape[2 + slice_axis] if image.dim() - 2 > len(decision.size) else 1
             voxels[i] += decision.voxels * slices

@@ -55,6 +55,8 @@ class LoadedModel:
             if the checkpoint has none.
         head: what the output channels mean (softmax classes or sigmoid regions;
             ``hyper_parameters.output_head``, softmax if absent).
+        region_names: for a region head, each output channel's region name
+            (``hyper_parameters.regions``); empty for softmax classes.
     """
 
     net: UNet
@@ -66,6 +68,15 @@ class LoadedModel:
     slice_axis: int = 2
     calibration: dict[str, Any] | None = None
     head: OutputHead = SOFTMAX
+    region_names: tuple[str, ...] = ()
+
+    def output_names(self, channels: int) -> list[str]:
+        """The name of each output channel: its region, or its class."""
+        if self.head.is_regions and len(self.region_names) == channels:
+            return list(self.region_names)
+        if self.head.is_regions:
+            return [f"region{i}" for i in range(channels)]
+        return [self.label_names.get(i, f"class{i}") for i in range(channels)]
 
 
 def _not_segkit(path: Path, why: str) -> ConfigError:
@@ -198,6 +209,11 @@ def load_model(
         slice_axis=int(hp.get("slice_axis", 2)),
         calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
         head=_head(path, hp.get("output_head")),
+        region_names=tuple(
+            str(r.get("name", f"region{i}"))
+            for i, r in enumerate(hp.get("regions") or ())
+            if isinstance(r, Mapping)
+        ),
     )
 
 

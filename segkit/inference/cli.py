@@ -14,7 +14,10 @@ Predict NIfTI images with a trained checkpoint (the checkpoint alone is enough):
   segkit predict ckpt=fold0/best.ckpt,fold1/best.ckpt input=DIR output=DIR tta=true
 
 ckpt: a checkpoint, several (a.ckpt,b.ckpt: an ensemble averaging their probabilities),
-or a multirun directory of folds (*/checkpoints/best.ckpt).
+a multirun directory of folds (*/checkpoints/best.ckpt), a `segkit cv` directory, or
+the folder (or decision.json) `segkit select` wrote: then the selected configuration(s)'
+fold checkpoints, post-processing and inference settings are the defaults, and any key
+given here wins (postprocess=none turns the post-processing off).
 input: one image, a folder of images (Decathlon 4D files or nnU-Net {case}_0000.nii.gz
 channel files), or a dataset folder (its imagesTs/ is used). One {case}.nii.gz label map
 per case is written to output (never the input folder) with the input's shape, affine
@@ -27,6 +30,8 @@ part=I/N splits a folder over N processes, GPUs or cluster jobs (each writes its
 into the same output folder; together they write exactly the cases of one run):
   for i in 1 2; do segkit predict ckpt=C input=DIR output=OUT part=$i/2 & done; wait
 workers=K reads and preprocesses the next K cases while the current one is inferred.
+postprocess=[largest_foreground,largest_per_class]: keep the largest connected component
+of all foreground, then of each class (segkit select decides these from the CV).
 """
 
 EXPORT_HELP = """\
@@ -57,11 +62,21 @@ nsd_tolerance: mm, one value or one per foreground class ([1.0,2.0,...]).
 def cmd_predict(args: Arguments) -> int:
     """``segkit predict``: label maps of every case under ``input``."""
     from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.selection import find_selection
 
     kv = dict(args.values)
     paths = {k: kv.pop(k) for k in ("ckpt", "input", "output")}
     trusted = kv.pop("trust", [])
-    written = predict(**paths, options=PredictOptions(**kv), trusted_targets=trusted)
+    if "postprocess" in kv:
+        kv["postprocess"] = [s for s in kv["postprocess"] or () if s != "none"]
+    selection = find_selection(paths["ckpt"])
+    opts = PredictOptions(**kv)
+    if selection is not None:  # its settings are the defaults; keys given here win
+        opts = selection.fill(opts, given=set(kv))
+        paths["ckpt"] = list(selection.checkpoints)
+        given = ", ".join(f"{k}={v}" for k, v in kv.items() if k in selection.options)
+        print(selection.describe() + (f"; given here (they win): {given}" if given else ""))
+    written = predict(**paths, options=opts, trusted_targets=trusted)
     print(f"wrote {len(written)} prediction(s) to {paths['output']}")
     return 0
 
@@ -151,7 +166,8 @@ PREDICT = Command(
     keys=(
         Key(
             "ckpt",
-            "a checkpoint, several (a.ckpt,b.ckpt: an ensemble) or a folder of folds",
+            "a checkpoint, several (a.ckpt,b.ckpt: an ensemble), a folder of folds, or a "
+            "`segkit select` decision (its folder or decision.json)",
             required=True,
         ),
         Key(
@@ -184,6 +200,15 @@ PREDICT = Command(
             "N-th from the I-th), one per process or job",
         ),
         Key("workers", "threads reading the next cases during inference (0: none)", int),
+        Key("stream", "streamed prediction (memory of a slab); false: whole-volume logits", bool),
+        Key("max_memory_gb", "budget (GB): window batch, accumulation", float, nullable=True),
+        Key("accumulate", "streamed accumulator: auto | float32 | float16"),
+        Key(
+            "postprocess",
+            "steps on each label map: largest_foreground, largest_per_class ([a,b]), or none",
+            list,
+            nullable=True,
+        ),
         _TRUST,
     ),
     run=cmd_predict,

@@ -182,14 +182,11 @@ def _check_overlap(overlap: float) -> None:
         )
 
 
-def _norm_map(
-    size: Sequence[int],
-    window: Sequence[int],
-    overlap: float,
-    gaussian: bool,
-    device: torch.device,
-) -> torch.Tensor:
-    """Sum of all windows' weights at every voxel, from separable per-axis sums."""
+def axis_sums(
+    size: Sequence[int], window: Sequence[int], overlap: float, gaussian: bool = True
+) -> list[torch.Tensor]:
+    """Per axis, the float64 sum of the windows' 1D weights at every position: the
+    normaliser is their outer product (the streamed path slices these same sums)."""
     axes = (
         _gaussian_axes(tuple(window), 0.125)
         if gaussian
@@ -201,7 +198,18 @@ def _norm_map(
         for start in window_starts(s, w, overlap):
             acc[start : start + w] += g
         sums.append(acc)
-    return _outer(sums).float().to(device)
+    return sums
+
+
+def _norm_map(
+    size: Sequence[int],
+    window: Sequence[int],
+    overlap: float,
+    gaussian: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """Sum of all windows' weights at every voxel, from separable per-axis sums."""
+    return _outer(axis_sums(size, window, overlap, gaussian)).float().to(device)
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,12 @@ class the mean over cases, then the mean over classes (NaN left out).
 
 `write_summary` writes nnU-Net's ``summary.json`` layout (``metric_per_case``,
 ``mean`` per label, ``foreground_mean``), with NaN written as ``null``.
+
+Region datasets (``dataset.json`` labels mapped to lists of values, BraTS) are scored per
+region as well: both label maps are turned into region masks (`segkit.data.regions`), so
+the region Dice is validation's to the last bit; ``summary.json`` then holds
+``region_metrics`` per case, ``region_mean`` and ``region_foreground_mean`` beside the
+labels' entries.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 from scipy import ndimage
 
 from segkit.data.io import NIFTI_SUFFIXES, read_nifti, strip_nifti_suffix
+from segkit.data.regions import Region, confusion, region_dice
 from segkit.errors import ConfigError, DataError
 from segkit.fsio import atomic_path, save_json_atomic
 from segkit.inference.scoring import mean_dice
@@ -58,6 +65,8 @@ class CaseScores:
         missing: no prediction exists; scored as an empty one (a failure).
         prediction_file: the predicted label map (None when missing).
         reference_file: the reference label map.
+        regions: per region (region datasets; empty otherwise): ``(name, Dice, HD95,
+            NSD)``.
     """
 
     case_id: str
@@ -67,6 +76,7 @@ class CaseScores:
     missing: bool = False
     prediction_file: str | None = None
     reference_file: str | None = None
+    regions: tuple[tuple[str, float, float, float], ...] = ()
 
     def padded(self, k: int) -> CaseScores:
         """The same scores for ``k`` foreground classes (classes it never saw are NaN)."""
@@ -80,6 +90,7 @@ class CaseScores:
             self.missing,
             self.prediction_file,
             self.reference_file,
+            self.regions,
         )
 
 
@@ -126,6 +137,8 @@ def score_case(
     case_id: str = "case",
     missing: bool = False,
     ignore_label: int | None = None,
+    regions: Sequence[Region] = (),
+    region_labels: Sequence[int] | None = None,
 ) -> CaseScores:
     """Dice, HD95 and NSD for classes ``1..K-1`` of two integer label maps.
 
@@ -137,6 +150,9 @@ def score_case(
     anything is counted, so a small structure in a large volume costs what its box costs.
     Dice is `scoring.case_dice`'s (validation's) arithmetic on the same counts, so the
     two agree to the last bit.
+
+    With ``regions`` (``region_labels``: the label value each writes, dataset.json
+    ``regions_class_order``), each region's masks of both maps are scored too.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ")
@@ -170,18 +186,44 @@ def score_case(
         s = surface_scores(p, r, spacing, tol[c - 1])
         hd.append(s.hd95)
         nsd.append(s.nsd)
-    return CaseScores(case_id, tuple(dice), tuple(hd), tuple(nsd), missing)
+    found = _region_scores(pred, ref, regions, spacing, tol, region_labels) if regions else ()
+    return CaseScores(case_id, tuple(dice), tuple(hd), tuple(nsd), missing, regions=found)
 
 
-def _dataset_ignore_label(labels: Path) -> int | None:
-    """The ``ignore`` label of the dataset whose ``labelsTr``/``labelsTs`` folder this is."""
+def _region_scores(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    regions: Sequence[Region],
+    spacing: Sequence[float],
+    tol: Sequence[float],
+    region_labels: Sequence[int] | None,
+) -> tuple[tuple[str, float, float, float], ...]:
+    """Dice (validation's counts), HD95 and NSD of each region's masks. The NSD tolerance
+    of a region is that of the label value it writes (``region_labels``), else the first."""
+    values = 1 + max([int(pred.max()), int(ref.max())] + [max(r.labels) for r in regions])
+    dice = region_dice(confusion(pred, ref, values), regions)
+    box = ndimage.find_objects(((pred > 0) | (ref > 0)).astype(np.uint8))
+    out = []
+    for i, (region, d) in enumerate(zip(regions, dice)):
+        if math.isnan(d) or not box:
+            out.append((region.name, d, math.nan, math.nan))
+            continue
+        p, r = np.isin(pred[box[0]], region.labels), np.isin(ref[box[0]], region.labels)
+        label = region_labels[i] if region_labels else 1
+        s = surface_scores(p, r, spacing, tol[min(label, len(tol)) - 1])
+        out.append((region.name, d, s.hd95, s.nsd))
+    return tuple(out)
+
+
+def _dataset_info(labels: Path) -> Any:
+    """The `DatasetInfo` of the dataset whose ``labelsTr``/``labelsTs`` folder this is."""
     if not (labels.parent / "dataset.json").is_file():
         return None
     from segkit.data.layouts import read_dataset_info
 
     try:
-        return read_dataset_info(labels.parent).ignore_label
-    except DataError:  # not a dataset segkit can read: score every voxel
+        return read_dataset_info(labels.parent)
+    except DataError:  # not a dataset segkit can read: score every voxel, no regions
         return None
 
 
@@ -229,6 +271,7 @@ def evaluate(
     num_classes: int | None = None,
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
     ignore_label: int | None = None,
+    regions: Sequence[Region] | None = None,
     progress: bool = False,
 ) -> list[CaseScores]:
     """Scores every reference case in ``labels`` against the prediction of the same name.
@@ -244,6 +287,8 @@ def evaluate(
         nsd_tolerance: NSD tolerance in mm, one for all classes or one per foreground class.
         ignore_label: the label of unannotated reference voxels (see `score_case`); default:
             the ``ignore`` label of the ``dataset.json`` beside ``labels`` when there is one.
+        regions: regions to score as well; default: those of the ``dataset.json`` beside
+            ``labels`` (a region dataset), else none.
 
     Returns:
         One `CaseScores` per reference case, in name order, all with the same classes.
@@ -261,8 +306,13 @@ def evaluate(
             "labels= at the folder whose files have the same names (e.g. labelsTr/)."
         )
     nsd_tolerances(nsd_tolerance, 2)  # a bad value fails before any case is read
-    if ignore_label is None:
-        ignore_label = _dataset_ignore_label(Path(labels))
+    info = _dataset_info(Path(labels))
+    if ignore_label is None and info is not None:
+        ignore_label = info.ignore_label
+    region_labels = None
+    if regions is None:
+        regions = info.regions if info is not None else ()
+        region_labels = info.regions_class_order if regions else None
     items = sorted(refs.items())
     if progress:
         from tqdm.auto import tqdm
@@ -285,10 +335,19 @@ def evaluate(
             case_id=case_id,
             missing=p is None,
             ignore_label=ignore_label,
+            regions=regions,
+            region_labels=region_labels,
         )
         scores.append(
             CaseScores(
-                case_id, s.dice, s.hd95, s.nsd, s.missing, None if p is None else str(p), str(r)
+                case_id,
+                s.dice,
+                s.hd95,
+                s.nsd,
+                s.missing,
+                None if p is None else str(p),
+                str(r),
+                s.regions,
             )
         )
     k = max(num_classes or 0, *(len(s.dice) + 1 for s in scores))
@@ -309,15 +368,20 @@ def summary_rows(scores: Sequence[CaseScores]) -> tuple[list[str], list[list[str
     """
     scores = [s.padded(len(s.dice)) for s in scores]
     k = len(scores[0].dice)
+    names = [r[0] for r in scores[0].regions]
     header = ["case", "status"]
     for name in ("dice", "hd95", "nsd"):
         header += [f"{name}_{c}" for c in range(1, k + 1)] + [f"{name}_mean"]
+    if names:
+        header += [f"dice_{n}" for n in names] + ["dice_regions_mean"]
     rows = []
     for s in scores:
         status = "no prediction (failure)" if s.missing else "ok"
         row: list[Any] = [s.case_id, status]
         for values in (s.dice, s.hd95, s.nsd):
             row += [*values, _means([values])[1]]
+        if names:
+            row += [*_region_metric(s, 1), _means([_region_metric(s, 1)])[1]]
         rows.append(row)
     missing = sum(s.missing for s in scores)
     status = f"{len(scores)} cases" + (f", {missing} without prediction" if missing else "")
@@ -325,12 +389,35 @@ def summary_rows(scores: Sequence[CaseScores]) -> tuple[list[str], list[list[str
     for name in ("dice", "hd95", "nsd"):
         per_class, mean = _means([getattr(s, name) for s in scores])
         row += [*per_class, mean]
+    if names:
+        per_region, mean = _means([_region_metric(s, 1) for s in scores])
+        row += [*per_region, mean]
     rows.append(row)
     return header, [[r[0], r[1], *(f"{v:.4f}" for v in r[2:])] for r in rows]
 
 
 def _json_number(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def _region_metric(s: CaseScores, i: int) -> list[float]:
+    """One metric (1 Dice, 2 HD95, 3 NSD) of every region of a case."""
+    return [r[i] for r in s.regions]
+
+
+def _region_summary(scores: Sequence[CaseScores]) -> dict[str, Any]:
+    """The region entries of ``summary.json`` (empty without regions)."""
+    names = [r[0] for r in scores[0].regions]
+    if not names:
+        return {}
+    means = {m: _means([_region_metric(s, i) for s in scores]) for i, m in enumerate(_METRICS, 1)}
+    return {
+        "region_mean": {
+            name: {m: _json_number(means[m][0][i]) for m in _METRICS}
+            for i, name in enumerate(names)
+        },
+        "region_foreground_mean": {m: _json_number(means[m][1]) for m in _METRICS},
+    }
 
 
 def summary(
@@ -357,15 +444,18 @@ def summary(
             label: {m: _json_number(v[i]) for m, v in zip(_METRICS, table(s))}
             for i, label in enumerate(labels)
         }
-        per_case.append(
-            {
-                "case": s.case_id,
-                "status": "no prediction (failure)" if s.missing else "ok",
-                "prediction_file": s.prediction_file,
-                "reference_file": s.reference_file,
-                "metrics": metrics,
+        entry = {
+            "case": s.case_id,
+            "status": "no prediction (failure)" if s.missing else "ok",
+            "prediction_file": s.prediction_file,
+            "reference_file": s.reference_file,
+            "metrics": metrics,
+        }
+        if s.regions:
+            entry["region_metrics"] = {
+                r[0]: {m: _json_number(v) for m, v in zip(_METRICS, r[1:])} for r in s.regions
             }
-        )
+        per_case.append(entry)
     means = {m: _means([table(s)[i] for s in scores]) for i, m in enumerate(_METRICS)}
     return {
         "metric_per_case": per_case,
@@ -374,6 +464,7 @@ def summary(
             for i, label in enumerate(labels)
         },
         "foreground_mean": {m: _json_number(means[m][1]) for m in _METRICS},
+        **_region_summary(scores),
         "num_cases": len(scores),
         "cases_without_prediction": [s.case_id for s in scores if s.missing],
         "nsd_tolerance_mm": dict(zip(labels, tol)),
@@ -385,6 +476,8 @@ def summary(
             "elements (DeepMind surface-distance; MONAI use_subvoxels=True); 0 where "
             "only one map has the label, null where neither has it",
             "mean": "per label over cases, then over labels; nulls left out",
+            "regions": "region datasets: both label maps turned into region masks "
+            "(dataset.json labels mapped to lists of values), scored like labels",
         },
     }
 

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from segkit.data.invert import ProbabilityFile, invert_probabilities, write_probabilities_npz
 from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix, write_nifti
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError, DataError, SegkitError
@@ -40,6 +41,15 @@ from segkit.inference.parts import (
     select_part,
 )
 from segkit.inference.postprocess import apply_postprocessing, check_steps
+from segkit.inference.selection import find_selection, resolve_checkpoints
+from segkit.inference.stream import ACCUMULATE, probabilities_in_blocks
+from segkit.inference.streamed_case import (
+    CaseDecisions,
+    check_dims,
+    check_disk,
+    stream_case,
+    temp_npy,
+)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -80,6 +90,14 @@ class PredictOptions:
             is inferred (0: each case read when its turn comes); outputs are the same.
         postprocess: steps applied to each label map on the input's grid before it is
             written (:mod:`segkit.inference.postprocess`; e.g. ``largest_per_class``).
+        stream: streamed prediction (:mod:`segkit.inference.stream`: memory follows a slab
+            of the volume, not the volume; the same labels); False: the whole volume's
+            logits in memory (the non-streamed path, kept for comparison).
+        max_memory_gb: budget for one case's prediction (streamed): the window batch and
+            the accumulation dtype are chosen to fit it, and said in the per-case line;
+            None: the settings as given.
+        accumulate: streamed accumulator dtype: ``auto`` (float32 unless max_memory_gb
+            needs float16), ``float32`` or ``float16``.
     """
 
     mode: str = "auto"
@@ -93,9 +111,26 @@ class PredictOptions:
     part: str = "1/1"
     workers: int = 0
     postprocess: tuple[str, ...] = ()
+    stream: bool = True
+    max_memory_gb: float | None = None
+    accumulate: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "postprocess", check_steps(self.postprocess))
+        if self.accumulate not in ACCUMULATE:
+            raise ConfigError(
+                f"accumulate: got {self.accumulate!r}; allowed: {', '.join(ACCUMULATE)}"
+            )
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise ConfigError(
+                f"max_memory_gb: got {self.max_memory_gb}; expected a positive number of GB "
+                "(or null for no budget)"
+            )
+        if self.max_memory_gb is not None and not self.stream:
+            raise ConfigError(
+                "max_memory_gb needs the streamed path; stream=false keeps the whole volume's "
+                "logits in memory. Fix: drop stream=false or max_memory_gb"
+            )
         parse_part(self.part)
         check_workers(self.workers)
         # the same checks as the engine's settings, before any file is read
@@ -272,42 +307,6 @@ def _output_name(case: InputCase) -> str:
     return case.case_id + (".nii.gz" if first.endswith(".nii.gz") else ".nii")
 
 
-def resolve_checkpoints(ckpt: str | Path | Sequence[str | Path]) -> list[Path]:
-    """Checkpoint files from a file, a comma-separated list, a list, a run directory or a
-    multirun directory (``*/checkpoints/best.ckpt``, e.g. ``train.py -m data.fold=0,1,2,3,4``).
-
-    Raises:
-        ConfigError: nothing found, or a listed file does not exist.
-    """
-    if isinstance(ckpt, str | Path):
-        items = [p for p in str(ckpt).split(",") if p.strip()] if isinstance(ckpt, str) else [ckpt]
-    else:
-        items = list(ckpt)
-    found: list[Path] = []
-    for item in items:
-        path = Path(str(item).strip())
-        if path.is_dir():
-            runs = sorted(path.glob("checkpoints/best.ckpt")) or sorted(
-                path.glob("*/checkpoints/best.ckpt"), key=lambda p: _natural(p.parent.parent.name)
-            )
-            if not runs:
-                raise ConfigError(
-                    f"ckpt={path}: a folder without checkpoints/best.ckpt or "
-                    "*/checkpoints/best.ckpt. Fix: point ckpt= at a checkpoint file, a training "
-                    "run directory or a multirun directory (e.g. of train.py -m data.fold=0,1,2)."
-                )
-            found += runs
-        else:
-            found.append(path)
-    if not found:
-        raise ConfigError("ckpt=: no checkpoint given. Fix: ckpt=RUN/checkpoints/best.ckpt")
-    return found
-
-
-def _natural(name: str) -> tuple:
-    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))
-
-
 def check_ensemble(models: Sequence[LoadedModel]) -> None:
     """Checkpoints averaged together must predict the same classes from the same inputs.
 
@@ -357,22 +356,27 @@ def check_not_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path) -
         )
 
 
+def _axis(models: Sequence[LoadedModel]) -> int:
+    return models[0].slice_axis if models[0].spec.spatial_dims == 2 else 0
+
+
 def _probabilities(
     models: Sequence[LoadedModel],
     image: np.ndarray,
     opts: PredictOptions,
     device: torch.device,
+    *,
+    block: int | None = None,
 ) -> tuple[torch.Tensor, list[tuple[Decision, str]]]:
-    """Probabilities (K, *S) averaged over ``models`` (softmax classes or sigmoid regions,
-    per the checkpoints' output head), and what each one ran."""
+    """The non-streamed path: probabilities (K, *S) averaged over ``models`` (softmax
+    classes or sigmoid regions, per the checkpoints' output head) from each model's
+    whole-volume logits, and what each one ran. The softmax runs in the streamed path's
+    blocks (:func:`~segkit.inference.stream.probabilities_in_blocks`, ``block`` rows)."""
     x = torch.from_numpy(image).to(device)[None]
     total = None
     decisions = []
     for model in models:
-        if model.spec.spatial_dims not in (2, 3):
-            raise ConfigError(
-                f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D"
-            )
+        check_dims(model)
         settings, source = opts.settings(model)
         logits, decision = infer(
             model.net,
@@ -382,7 +386,8 @@ def _probabilities(
             slice_axis=model.slice_axis,
             progress=opts.progress,
         )
-        probs = model.head.probabilities(logits[0], dim=0)
+        probs = probabilities_in_blocks(logits[0], model.head, axis=_axis(models), block=block)
+        del logits
         total = probs if total is None else total.add_(probs)
         decisions.append((decision, source))
     return total / len(models), decisions
@@ -399,48 +404,76 @@ def predict_case(
     """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``).
 
     ``prepared``: the case already preprocessed (``preprocess_image``'s answer), e.g. read
-    ahead by a worker thread; None: preprocessed here.
+    ahead by a worker thread; None: preprocessed here. Streamed (``opts.stream``), the
+    probabilities for ``save_probabilities`` go to a float16 file on disk block by block
+    and are inverted slab by slab (:mod:`segkit.data.invert`); temporaries are removed and
+    the ``.npz`` appears only complete.
 
     Returns:
         The written label file and, per checkpoint, what inference ran and where its
-        overlap/window came from.
+        overlap/window came from (streamed: the memory plan as a last entry's note).
     """
     models = [models] if isinstance(models, LoadedModel) else list(models)
     pre = models[0].preprocessor
     image, props = pre.preprocess_image(case.images) if prepared is None else prepared
-    probs, decisions = _probabilities(models, image, opts, device)
     head = models[0].head
-    seg = head.labels(probs, dim=0).to(head.label_dtype(probs.shape[0]))
-    seg_orig = pre.invert(seg.cpu().numpy(), props)
-    if opts.postprocess:
-        seg_orig = apply_postprocessing(seg_orig, opts.postprocess)
+    classes = models[0].spec.out_channels
+    label_names = models[0].output_names(classes)  # per channel: class or region
     out = output_dir / _output_name(case)
-    probs_orig = None
-    if opts.save_probabilities:
-        probs_orig = pre.invert(probs.cpu().numpy(), props).astype(np.float16)
-    write_nifti(out, seg_orig, case.images[0])
-    if probs_orig is not None:
-        names = models[0].label_names
-        with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
-            np.savez_compressed(
-                tmp,
-                probabilities=probs_orig,
-                label_names=np.array(
-                    [names.get(i, f"class{i}") for i in range(probs_orig.shape[0])]
-                ),
+    temps: list[Path] = []
+    try:
+        if opts.stream:
+            store = None
+            if opts.save_probabilities:
+                check_disk(output_dir, case.case_id, classes, props)
+                temps.append(temp_npy(output_dir, case.case_id, "pre"))
+                store = ProbabilityFile(temps[-1], classes, image.shape[1:])
+            seg, decisions, memory = stream_case(
+                models, image, opts, device, store.write if store else None
             )
-    return out, decisions
+            decisions = CaseDecisions(decisions, memory=memory)
+        else:  # the whole volume in memory, inverted at once (the reference path)
+            probs, decisions = _probabilities(models, image, opts, device)
+            seg = head.labels(probs, dim=0).to(head.label_dtype(probs.shape[0]))
+            probs_orig = None
+            if opts.save_probabilities:
+                probs_orig = pre.invert(probs.cpu().numpy(), props).astype(np.float16)
+            del probs
+        seg_orig = pre.invert(seg.cpu().numpy(), props)
+        if opts.postprocess:
+            seg_orig = apply_postprocessing(seg_orig, opts.postprocess)
+        if not opts.save_probabilities:
+            write_nifti(out, seg_orig, case.images[0])
+            return out, decisions
+        if not opts.stream:
+            with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
+                np.savez_compressed(
+                    tmp, probabilities=probs_orig, label_names=np.array(label_names)
+                )
+                write_nifti(out, seg_orig, case.images[0])
+            return out, decisions
+        temps.append(temp_npy(output_dir, case.case_id, "orig"))
+        invert_probabilities(temps[0], props, temps[1])
+        with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
+            write_probabilities_npz(tmp, temps[1], label_names)
+            write_nifti(out, seg_orig, case.images[0])
+        return out, decisions
+    finally:
+        for path in temps:
+            path.unlink(missing_ok=True)
 
 
 def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> str:
-    """One line: what ran for a case and why (per checkpoint of an ensemble)."""
+    """One line: what ran for a case and why (per checkpoint of an ensemble), and how
+    the streamed path fits its memory."""
     parts = []
+    memory = getattr(decisions, "memory", "")
     for n, (decision, source) in enumerate(decisions):
         text = decision.describe()
         if decision.mode == "sliding":
             text += f" [{source}]"
         parts.append(text if len(decisions) == 1 else f"ckpt {n}: {text}")
-    return f"{case_id}: " + "; ".join(parts)
+    return f"{case_id}: " + "; ".join(parts + ([memory] if memory else []))
 
 
 def predict(
@@ -481,6 +514,10 @@ def predict(
         DataError: no or bad input files, channel mismatch, cases that failed.
     """
     opts = options or PredictOptions()
+    selection = find_selection(ckpt)
+    if selection is not None:  # a `segkit select` decision: its settings are the defaults
+        opts = selection.fill(opts)
+        (report or print)(selection.describe())
     device = resolve_device(opts.device)
     models = [
         load_model(p, device=device, trusted_targets=trusted_targets)

@@ -1,5 +1,10 @@
 """Dice + cross-entropy, and deep supervision over heads of any size.
 
+Region datasets (nnU-Net v2 region training, BraTS) use `RegionDiceBCELoss` instead: one
+sigmoid output per region, per-region binary cross-entropy plus soft Dice, with the region
+targets made from the label map inside the loss (so deep supervision resizes label maps
+exactly as for classes).
+
 An ignore label (dataset.json ``"ignore": k``) marks unannotated voxels: they are left out
 of every term, cross-entropy and both the numerator and the denominator of the soft Dice,
 so their logits get exactly zero gradient. A patch with no annotated voxel has loss 0.
@@ -12,6 +17,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from segkit.data.regions import Region, region_masks
 
 
 class DiceCELoss(nn.Module):
@@ -83,6 +90,58 @@ class DiceCELoss(nn.Module):
         return loss
 
 
+class RegionDiceBCELoss(nn.Module):
+    """Per-region sigmoid BCE plus soft Dice over every region channel (nnU-Net's
+    ``DC_and_BCE_loss`` for region training).
+
+    Args:
+        regions: the regions in output-channel order.
+        dice_weight: weight of the Dice term.
+        ce_weight: weight of the binary cross-entropy (mean over voxels and regions).
+        batch_dice: pool the Dice sums over the batch (one Dice per region).
+        smooth: added to numerator and denominator of the Dice.
+    """
+
+    def __init__(
+        self,
+        *,
+        regions: Sequence[Region],
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        batch_dice: bool = True,
+        smooth: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.regions = tuple(regions)
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+        self.batch_dice, self.smooth = batch_dice, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``logits`` (N, R, *S); ``target`` (N, 1, *S) or (N, *S) integer label map."""
+        if target.dim() == logits.dim():
+            target = target[:, 0]
+        if logits.shape[1] != len(self.regions):
+            raise ValueError(
+                f"region loss: {logits.shape[1]} output channels for {len(self.regions)} regions"
+            )
+        logits = logits.float()
+        masks = region_masks(target, self.regions).movedim(0, 1).to(logits.dtype)
+        loss = logits.new_zeros(())
+        if self.ce_weight:
+            bce = F.binary_cross_entropy_with_logits(logits, masks)
+            loss = loss + self.ce_weight * bce
+        if self.dice_weight:
+            probs = torch.sigmoid(logits)
+            dims = (
+                (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
+            )
+            inter = (probs * masks).sum(dims)
+            denom = probs.sum(dims) + masks.sum(dims)
+            dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-8)
+            loss = loss + self.dice_weight * (1 - dice.mean())
+        return loss
+
+
 class DeepSupervisionLoss(nn.Module):
     """Weighted sum of a loss over deep-supervision heads, largest first.
 
@@ -112,8 +171,18 @@ class DeepSupervisionLoss(nn.Module):
         return loss
 
 
-def build_loss(cfg: dict, *, ignore_label: int | None = None) -> DeepSupervisionLoss:
-    """The loss from the ``loss`` config group; ``ignore_label`` from dataset.json."""
+def build_loss(
+    cfg: dict,
+    *,
+    ignore_label: int | None = None,
+    regions: Sequence[Region] | None = None,
+) -> DeepSupervisionLoss:
+    """The loss from the ``loss`` config group; ``ignore_label`` and ``regions`` from
+    dataset.json (with regions: `RegionDiceBCELoss` with the same weights, batch Dice and
+    smoothing; every region channel is foreground, so ``include_background`` has no use)."""
     cfg = dict(cfg)
     decay = cfg.pop("ds_weight_decay", 0.5)
+    if regions:
+        cfg.pop("include_background", None)
+        return DeepSupervisionLoss(RegionDiceBCELoss(regions=regions, **cfg), weight_decay=decay)
     return DeepSupervisionLoss(DiceCELoss(**cfg, ignore_index=ignore_label), weight_decay=decay)

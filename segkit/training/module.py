@@ -8,9 +8,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from segkit.data.regions import Region, case_region_dice
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError
 from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.outputs import SOFTMAX, OutputHead
 from segkit.inference.scoring import case_dice, mean_dice
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
@@ -65,6 +67,11 @@ class SegModule(pl.LightningModule):
         slice_axis: for a 2D network on 3D volumes, the volume axis it slices along.
         ignore_label: label value of unannotated voxels (dataset.json ``"ignore"``); left
             out of the loss and the validation Dice. None: every voxel is annotated.
+        regions: for region training, ``[{"name", "labels"}]`` per output channel
+            (dataset.json regions); the loss is per-region BCE + Dice and validation
+            scores each region. None: one softmax channel per class.
+        output_head: what the outputs mean, ``{"kind": "sigmoid", "region_order": [...]}``
+            for regions (read back by ``segkit predict``); None: softmax classes.
     """
 
     def __init__(
@@ -82,13 +89,27 @@ class SegModule(pl.LightningModule):
         channels_last: bool = False,
         slice_axis: int = 2,
         ignore_label: int | None = None,
+        regions: list[dict[str, Any]] | None = None,
+        output_head: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.regions = tuple(Region.from_dict(dict(r)) for r in regions or ())
+        self.head = SOFTMAX
+        if output_head:
+            self.head = OutputHead(
+                kind=str(output_head.get("kind", "softmax")),
+                region_order=tuple(int(v) for v in output_head.get("region_order") or ()),
+            )
+        if bool(self.regions) != self.head.is_regions:
+            raise ConfigError(
+                f"SegModule: regions {regions} and output_head {output_head} disagree; a "
+                "region model needs both (one sigmoid channel per region)"
+            )
         self.spec = UNetSpec.from_config(model)
         # the attribute names the checkpoint's weights (segkit.inference.checkpoint.NET_ATTRIBUTE)
         self.net = UNet(self.spec)
-        self.loss_fn = build_loss(loss, ignore_label=ignore_label)
+        self.loss_fn = build_loss(loss, ignore_label=ignore_label, regions=self.regions)
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()} or {
             i: f"class{i}" for i in range(self.spec.out_channels)
         }
@@ -136,7 +157,7 @@ class SegModule(pl.LightningModule):
         logits, _ = self.predict_volume(image)
         loss = self.loss_fn.loss(logits, label)
         self.log("val/loss", loss, on_epoch=True, batch_size=1, sync_dist=True)
-        pred = logits.argmax(1)
+        pred = self.head.labels_from_logits(logits, dim=1)
         cases = batch.get("case", [None] * pred.shape[0])
         dice = torch.stack(
             [self.score_case(cases[i], pred[i], label[i, 0]) for i in range(pred.shape[0])]
@@ -160,20 +181,30 @@ class SegModule(pl.LightningModule):
         otherwise the preprocessed grid holds the same voxels and is used directly.
         """
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        k = self.spec.out_channels
         original = None
         if case_id is not None and hasattr(dm, "original_grid"):
             original = dm.original_grid(case_id)
         if original is None:
-            return case_dice(pred, label, k, ignore_label=self.hparams.ignore_label)
+            return self._dice(pred, label)
         preprocessor, props, reference = original
         back = preprocessor.invert(pred.cpu().numpy().astype("int16"), props)
-        return case_dice(
-            torch.from_numpy(back),
-            torch.from_numpy(reference),
-            k,
-            ignore_label=self.hparams.ignore_label,
-        )
+        return self._dice(torch.from_numpy(back), torch.from_numpy(reference))
+
+    def _dice(self, pred: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """Per class (softmax) or per region: the regions of both label maps, as
+        ``segkit evaluate`` scores region datasets."""
+        if self.regions:
+            dice = case_region_dice(pred, label, self.regions)
+            return torch.tensor(dice, dtype=torch.float64, device=pred.device)
+        k = self.spec.out_channels
+        return case_dice(pred, label, k, ignore_label=self.hparams.ignore_label)
+
+    @property
+    def score_names(self) -> list[str]:
+        """The names of the validation Dice values: regions, or foreground classes."""
+        if self.regions:
+            return [r.name for r in self.regions]
+        return [self.label_names.get(c, f"class{c}") for c in range(1, self.spec.out_channels)]
 
     def predict_volume(self, image: torch.Tensor) -> tuple[torch.Tensor, Decision]:
         """Logits of whole volumes (N, C, *S) through segkit's one inference path."""
@@ -203,8 +234,7 @@ class SegModule(pl.LightningModule):
             "dice": {},
             "inference": self.inference_settings.describe(),
         }
-        for c, v in enumerate(per_class.tolist(), start=1):
-            name = self.label_names.get(c, f"class{c}")
+        for name, v in zip(self.score_names, per_class.tolist()):
             v = 0.0 if math.isnan(v) else v
             self.log(f"val/dice_{name}", v, sync_dist=True)
             record["dice"][name] = v

@@ -8,6 +8,7 @@ import os
 import resource
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,11 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     if not isinstance(dm, SegDataModule):
         raise ConfigError(f"data: expected a segkit.data.SegDataModule, got {type(dm).__name__}")
     info = dm.dataset_info()
-    spec, plan = plan_network(cfg, num_channels=info.num_channels, num_classes=info.num_classes)
+    # a region dataset's network has one sigmoid output per region
+    spec, plan = plan_network(cfg, num_channels=info.num_channels, num_classes=info.num_outputs)
+    outputs = info.describe_outputs()
+    if outputs:
+        plan = replace(plan, title=f"{plan.title}{outputs}\n")
     # an optimizer the config cannot build fails here, not after preprocessing
     build_optimizer(
         OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
@@ -114,6 +119,8 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         channels_last=bool(cfg.get("channels_last", False)),
         slice_axis=int(getattr(dm, "slice_axis", 2)),
         ignore_label=info.ignore_label,
+        regions=[r.to_dict() for r in info.regions] or None,
+        output_head=info.output_head,
     )
     init_cfg = cfg.get("init") or {}
     init_from, frozen = init_cfg.get("from_checkpoint"), init_cfg.get("freeze")
@@ -233,6 +240,7 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
                 net.eval(),
                 cases,
                 module.score_case,
+                head=module.head,
                 patch_size=module.hparams.patch_size,
                 slice_axis=module.hparams.slice_axis,
                 overlaps=list(opts.get("overlaps", CALIBRATION_OVERLAPS)),

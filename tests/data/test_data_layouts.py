@@ -71,8 +71,8 @@ def test_unknown_layout_and_region_labels(make_nnunet):
     meta = json.loads((root / "dataset.json").read_text())
     meta["labels"]["whole"] = [1, 2]
     (root / "dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="region-based"):
-        read_dataset(root)
+    with pytest.raises(DataError, match="'regions_class_order' is missing"):
+        read_dataset(root)  # a region dataset (tests/data/test_data_regions.py) needs the order
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "bg"}}))
     with pytest.raises(DataError, match="neither 'modality'"):
         read_dataset(root)

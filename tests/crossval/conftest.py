@@ -1,0 +1,76 @@
+"""One real 3-fold CV of two configurations on a 6-case demo, shared by the crossval tests.
+
+Each ``segkit cv`` trains its folds through ``train.py -m`` for two steps each, then
+predicts and scores the out-of-fold cases in this process; ``segkit select`` then decides
+between the two and their ensemble. The first configuration's folds run through
+hydra-submitit-launcher's local executor (``launcher=submitit_local``: launcher=slurm's
+code path, each job pickled and run by submitit in a process of its own), the second's
+through Hydra's basic launcher (one process, one job after another).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# two training steps per fold on 24×24×16 patches, one validation case, nothing else
+TINY = (
+    "debug=tiny",
+    "++trainer.limit_train_batches=2",
+    "trainer.max_epochs=1",
+    "data.samples_per_epoch=4",
+    "data.val_max_cases=1",
+    "model.channels=4",
+    "data.patch_size=[24,24,16]",
+    "logger=csv",
+    "~callbacks.pictures",
+    "~callbacks.progress_bar",
+    "~callbacks.last_every_n_steps",
+    "print_plan=false",
+)
+CONFIGS = {"plain": ("launcher=submitit_local",), "shallow": ("model.depth=2",)}
+
+
+@dataclass(frozen=True)
+class CVRun:
+    data_dir: Path  # paths.data_dir
+    root: Path  # the dataset
+    cvs: dict[str, Path]  # configuration name -> CV directory
+    selection: Path  # the folder of decision.json
+
+
+def run_segkit(*argv: str) -> int:
+    from segkit.cli import main
+
+    return main([str(a) for a in argv])
+
+
+@pytest.fixture(scope="session")
+def cv_run(tmp_path_factory: pytest.TempPathFactory) -> CVRun:
+    from segkit.data.demo import make_demo
+
+    base = tmp_path_factory.mktemp("cv")
+    make_demo(base / "data" / "demo", num_cases=6, seed=0)
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the training processes (submitit runs 3 at once)
+    cvs = {}
+    try:
+        for name, extra in CONFIGS.items():
+            out = base / name
+            code = run_segkit(
+                "cv", "folds=3", f"out={out}", "device=cpu", *TINY, *extra,
+                f"paths.data_dir={base / 'data'}",
+            )  # fmt: skip
+            assert code == 0
+            cvs[name] = out
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    selection = base / "selection"
+    assert run_segkit("select", *cvs.values(), f"out={selection}") == 0
+    return CVRun(base / "data", base / "data" / "demo", cvs, selection)
