@@ -26,6 +26,25 @@ TINY = [
 ]
 
 
+# The smallest real training run a subprocess launches (`python train.py -m ...`, `segkit cv`):
+# two steps per job on 24×24×16 patches, one validation case, no pictures or progress bars.
+TINY_JOB = (
+    "debug=tiny",
+    "++trainer.limit_train_batches=2",
+    "trainer.max_epochs=1",
+    "trainer.check_val_every_n_epoch=1",
+    "data.samples_per_epoch=4",
+    "data.val_max_cases=1",
+    "model.channels=4",
+    "data.patch_size=[24,24,16]",
+    "logger=csv",
+    "~callbacks.pictures",
+    "~callbacks.progress_bar",
+    "~callbacks.last_every_n_steps",
+    "print_plan=false",
+)
+
+
 class CaptureWeights(pl.Callback):
     """Keeps a copy of the network's weights at the end of fit (added to a run with
     ``+callbacks.capture._target_=tests.utils.CaptureWeights``), to compare with

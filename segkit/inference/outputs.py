@@ -73,23 +73,22 @@ class OutputHead:
         """The label map of probabilities (``dim`` removed): argmax, or regions in order."""
         if not self.is_regions:
             return probs.argmax(dim)
-        self._check_channels(probs.shape[dim])
-        channels = probs.movedim(dim, 0)
-        seg = torch.zeros(channels.shape[1:], dtype=torch.long, device=probs.device)
-        for channel, value in zip(channels, self.region_order):
-            seg[channel > REGION_THRESHOLD] = value
-        return seg
+        return self._regions_above(probs, dim, REGION_THRESHOLD)
 
     def labels_from_logits(self, logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """The label map of one network's logits (no ensemble)."""
         if not self.is_regions:
             return logits.argmax(dim)
         # sigmoid(x) > 0.5 exactly where x > 0: no probabilities needed
-        self._check_channels(logits.shape[dim])
-        channels = logits.movedim(dim, 0)
-        seg = torch.zeros(channels.shape[1:], dtype=torch.long, device=logits.device)
+        return self._regions_above(logits, dim, 0.0)
+
+    def _regions_above(self, values: torch.Tensor, dim: int, threshold: float) -> torch.Tensor:
+        """Each region's label where its channel exceeds ``threshold``, later ones on top."""
+        self._check_channels(values.shape[dim])
+        channels = values.movedim(dim, 0)
+        seg = torch.zeros(channels.shape[1:], dtype=torch.long, device=values.device)
         for channel, value in zip(channels, self.region_order):
-            seg[channel > 0] = value
+            seg[channel > threshold] = value
         return seg
 
     def _check_channels(self, n: int) -> None:

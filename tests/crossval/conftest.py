@@ -16,21 +16,9 @@ from pathlib import Path
 
 import pytest
 
-# two training steps per fold on 24×24×16 patches, one validation case, nothing else
-TINY = (
-    "debug=tiny",
-    "++trainer.limit_train_batches=2",
-    "trainer.max_epochs=1",
-    "data.samples_per_epoch=4",
-    "data.val_max_cases=1",
-    "model.channels=4",
-    "data.patch_size=[24,24,16]",
-    "logger=csv",
-    "~callbacks.pictures",
-    "~callbacks.progress_bar",
-    "~callbacks.last_every_n_steps",
-    "print_plan=false",
-)
+from tests.utils import TINY_JOB
+
+TINY = TINY_JOB
 CONFIGS = {"plain": ("launcher=submitit_local",), "shallow": ("model.depth=2",)}
 
 

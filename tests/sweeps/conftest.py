@@ -10,23 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.utils import TINY_JOB
+
 REPO = Path(__file__).resolve().parents[2]
-# debug=tiny shrunk further: one epoch of 2 steps on 24×24×16 patches, 1 validation case
-TINY = (
-    "debug=tiny",
-    "++trainer.limit_train_batches=2",
-    "trainer.max_epochs=1",
-    "trainer.check_val_every_n_epoch=1",
-    "data.samples_per_epoch=4",
-    "data.val_max_cases=1",
-    "model.channels=4",
-    "data.patch_size=[24,24,16]",
-    "logger=csv",
-    "~callbacks.pictures",
-    "~callbacks.progress_bar",
-    "~callbacks.last_every_n_steps",
-    "print_plan=false",
-)
+TINY = TINY_JOB
 
 
 @pytest.fixture(scope="session")
