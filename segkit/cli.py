@@ -50,11 +50,13 @@ def _plan_one(overrides: Sequence[str]):
 
     cfg = apply_planner(compose(overrides, hydra_config=True), overrides, record=False)
     check_data_choice(cfg)
+    problem = None
     try:
         info = read_dataset_info(Path(cfg.data.root))
         counts = (info.num_channels, info.num_outputs)  # outputs: one per region, if regions
-    except (SegkitError, OmegaConfBaseException, OSError):
+    except (SegkitError, OmegaConfBaseException, OSError) as err:
         info, counts = None, None  # no (readable) dataset yet: the plan still shows, with a note
+        problem = err if isinstance(err, SegkitError) else None
     spec, plan = plan_network(
         cfg,
         num_channels=counts[0] if counts else None,
@@ -62,11 +64,12 @@ def _plan_one(overrides: Sequence[str]):
         heading="segkit plan: ",
     )
     if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
-        where = (
-            "data.root is not set"
-            if OmegaConf.is_missing(cfg.data, "root")
-            else f"no dataset.json at data.root={cfg.data.root}"
-        )
+        if OmegaConf.is_missing(cfg.data, "root"):
+            where = "data.root is not set"
+        elif problem is not None and (Path(cfg.data.root) / "dataset.json").is_file():
+            where = f"the dataset at data.root={cfg.data.root} cannot be read: {problem}"
+        else:
+            where = f"no dataset.json at data.root={cfg.data.root}"
         note = (
             f"({where}: assuming {spec.in_channels} input channel(s) and "
             f"{spec.out_channels} classes)\n"

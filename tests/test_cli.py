@@ -232,3 +232,24 @@ def test_readme_predict_and_evaluate_invocations(tiny_ckpt, tmp_path, monkeypatc
     cases = [line.split()[0] for line in out.splitlines()[2:] if line.strip()]
     assert [Path(t).name.split(".")[0] for t in tests] == cases[: len(tests)]
     assert "mean" in cases
+
+
+def test_plan_names_the_problem_of_an_unreadable_dataset_json(tmp_path, capsys):
+    # a dataset.json that exists but is invalid must not be reported as missing
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "T1"},
+                "labels": {"background": 0, "whole": [1, 2], "core": [2]},
+                "regions_class_order": [1],
+                "numTraining": 0,
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
+    assert main(["plan", "data=msd", f"data.root={root}", "planner=none"]) == 0
+    out = capsys.readouterr().out
+    assert "no dataset.json" not in out
+    assert "cannot be read" in out and "regions_class_order" in out
