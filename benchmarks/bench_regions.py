@@ -145,7 +145,7 @@ def main() -> None:
         f"{args.patch}, optim={args.optim}; {load}"
     )
     print(f"{'cases':<12}{'region':<18}{'regions':>9}{'softmax':>9}{'diff':>9}")
-    worst = 0.0
+    worst = float("inf")  # the smallest regions − softmax difference over the regions
     for split in ("validation", "test"):
         for name in names:
             a, b = results["regions"][split][name], results["softmax"][split][name]
