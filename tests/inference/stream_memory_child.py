@@ -10,8 +10,6 @@ baseline taken just before it, and the stream's own estimate.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import sys
 
@@ -22,25 +20,7 @@ from segkit.inference.outputs import SOFTMAX
 from segkit.inference.stream import ModelRun, probabilities_in_blocks, stream_predict
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
-
-_LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name == key:
-                return int(value.split()[0]) * 1024
-    raise KeyError(key)
-
-
-def _settle() -> int:
-    gc.collect()
-    _LIBC.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    return _status("VmRSS")
+from tests.rss import settle, status
 
 
 def _run(net, run: ModelRun, x: torch.Tensor, stream: bool, classes: int, budget):
@@ -69,9 +49,9 @@ def main(case: dict) -> dict:
     out = []
     for stream, length in case["runs"]:
         x = torch.randn(1, 1, length, *plane)
-        base = _settle()
+        base = settle()
         labels, estimate = _run(net, run, x, stream, classes, case.get("budget"))
-        peak = _status("VmHWM") - base
+        peak = status("VmHWM") - base
         out.append({"stream": stream, "length": length, "peak": peak, "estimate": estimate})
         del x, labels
     return {"runs": out}

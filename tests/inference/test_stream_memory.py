@@ -4,10 +4,6 @@ resident-set peak in a fresh process, not the stream's own allocation sizes), an
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,24 +15,13 @@ from segkit.inference.outputs import SOFTMAX
 from segkit.inference.stream import ModelRun, stream_predict
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
-from tests.planner.test_memory_peak import CHILD_ENV
+from tests.rss import run_child
 
-ROOT = Path(__file__).resolve().parents[2]
 MiB = 2**20
 
 
 def _child(case: dict) -> list[dict]:
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("stream_memory_child.py")), json.dumps(case)],
-        env={**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if out.returncode:
-        raise RuntimeError(f"stream_memory_child failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])["runs"]
+    return run_child(Path(__file__).with_name("stream_memory_child.py"), case)["runs"]
 
 
 def test_streamed_peak_does_not_grow_with_the_volume_length():

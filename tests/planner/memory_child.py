@@ -18,8 +18,6 @@ baseline is the measurement. Prints one JSON line.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import sys
@@ -29,27 +27,7 @@ import torch
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
-
-_LIBC = ctypes.CDLL("libc.so.6")
-
-
-def _status() -> dict[str, int]:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def _settle() -> int:
-    """Free what is garbage, hand freed heap back to the kernel, reset the peak; the RSS."""
-    gc.collect()
-    _LIBC.malloc_trim(0)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := VmRSS
-    return _status()["VmRSS"]
+from tests.rss import settle, status
 
 
 def _build(case: dict):
@@ -77,19 +55,19 @@ def _step(net, opt, x, y, loss_fn, bf16: bool) -> None:
 
 def measure(case: dict) -> dict:
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        raise SystemExit("run with MALLOC_MMAP_THRESHOLD_ set (see test_memory_peak.CHILD_ENV)")
+        raise SystemExit("run with MALLOC_MMAP_THRESHOLD_ set (see tests/rss.py CHILD_ENV)")
     torch.set_num_threads(1)
     bf16 = case["precision"] == "bf16"
     loss_fn = build_loss({})
     warm = _build(case)
     _step(*warm, loss_fn, bf16)
     del warm
-    base = _settle()
+    base = settle()
     net, opt, x, y = _build(case)
     _step(net, opt, x, y, loss_fn, bf16)
-    resident = _settle() - base
+    resident = settle() - base
     _step(net, opt, x, y, loss_fn, bf16)
-    peak = _status()["VmHWM"] - base
+    peak = status("VmHWM") - base
     params = sum(p.numel() for p in net.parameters())
     state = sum(
         t.numel() * t.element_size()

@@ -15,15 +15,13 @@ for the docs: ``python -m tests.planner.test_memory_peak`` (the full grid below)
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from tests.rss import run_child
 from tests.utils import preset_memory_estimate
 
 pytestmark = pytest.mark.skipif(
@@ -31,16 +29,6 @@ pytestmark = pytest.mark.skipif(
     reason="the resident-set peak is read and reset through Linux's /proc/self",
 )
 CHILD = Path(__file__).with_name("memory_child.py")
-ROOT = Path(__file__).resolve().parents[2]
-# glibc: mmap every block above 64 KiB and return freed memory at once, so the resident set
-# follows the live tensors; one thread, so no per-thread arenas or scratch.
-CHILD_ENV = {
-    "MALLOC_MMAP_THRESHOLD_": "65536",
-    "MALLOC_TRIM_THRESHOLD_": "0",
-    "MALLOC_ARENA_MAX": "1",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 UPPER = 1.25
 # The presets, shrunk for a CPU (narrower, shallower, fewer blocks); block types, stems,
 # shortcuts, skips, norms and upsampling are the preset's.
@@ -72,17 +60,7 @@ def _case(preset: str, precision: str, size: tuple[int, ...]) -> tuple[dict, obj
 
 
 def _measure(case: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, str(CHILD), json.dumps(case)],
-        env={**os.environ, **CHILD_ENV},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if out.returncode:
-        raise RuntimeError(f"memory_child failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return run_child(CHILD, case)
 
 
 def measure_all(keys: list[tuple]) -> dict[tuple, tuple[object, dict]]:
