@@ -106,7 +106,7 @@ def main() -> None:
 
     start = time.perf_counter()
     if args.ckpt:
-        from segkit.inference.checkpoint import load_model
+        from segkit.inference.predict.checkpoint import load_model
 
         loaded = load_model(args.ckpt)
         net, patch = loaded.net, loaded.patch_size

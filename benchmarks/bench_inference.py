@@ -36,9 +36,9 @@ import torch
 
 from segkit.data.io import read_nifti
 from segkit.data.layouts import read_dataset
-from segkit.inference.checkpoint import load_model
 from segkit.inference.engine import InferenceSettings, gaussian_importance, infer
-from segkit.inference.scoring import case_dice, mean_dice
+from segkit.inference.metrics.dice import case_dice, mean_dice
+from segkit.inference.predict.checkpoint import load_model
 from segkit.table import format_table
 
 

@@ -5,7 +5,7 @@ liver-sized ellipsoid (~3 M voxels), a kidney-sized one and a small lesion; the 
 is the reference shifted, rescaled and roughened, with a few false-positive blobs. Both
 sides get the same arrays and one thread each (set before numpy/torch load):
 
-- segkit: `segkit.inference.evaluate.score_case` (Dice, HD95, NSD at 1 mm, per class).
+- segkit: `segkit.inference.metrics.evaluate.score_case` (Dice, HD95, NSD at 1 mm, per class).
 - MONAI: one-hot tensors, then ``compute_dice`` + ``compute_hausdorff_distance(percentile=95)``
   + ``compute_surface_dice(use_subvoxels=True)`` (the surface-element NSD segkit matches;
   ``--monai-voxel-nsd`` times MONAI's default border-voxel NSD instead).
@@ -79,7 +79,7 @@ def _clock() -> np.ndarray:
 
 
 def time_segkit(pred, ref):
-    from segkit.inference.evaluate import score_case
+    from segkit.inference.metrics.evaluate import score_case
 
     t = _clock()
     s = score_case(pred, ref, num_classes=4, spacing=SPACING, nsd_tolerance=TOLERANCE)
@@ -112,7 +112,7 @@ def time_monai(pred, ref, *, subvoxels: bool):
 def time_edt_of_largest_box(pred, ref) -> tuple[np.ndarray, int]:
     from scipy import ndimage
 
-    from segkit.inference.surface import crop_to_union
+    from segkit.inference.metrics.surface import crop_to_union
 
     p, r = crop_to_union(pred == 1, ref == 1)
     t = _clock()

@@ -76,9 +76,9 @@ def _train(arm: str, root: Path, out: Path, args: argparse.Namespace) -> dict:
 
 def _score(ckpt: Path, images: Path, labels: Path, out: Path, regions) -> dict[str, float]:
     """Per-region Dice (mean over cases) of ``ckpt``'s predictions of ``images``."""
-    from segkit.inference.evaluate import evaluate
-    from segkit.inference.predict import PredictOptions, predict
-    from segkit.inference.scoring import mean_dice
+    from segkit.inference.metrics.dice import mean_dice
+    from segkit.inference.metrics.evaluate import evaluate
+    from segkit.inference.predict.run import PredictOptions, predict
 
     options = PredictOptions(progress=False, mode="sliding", overlap=0.5, window_scale=1.0)
     predict(ckpt=ckpt, input=images, output=out, options=options)

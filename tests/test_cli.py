@@ -41,7 +41,7 @@ def test_help_lists_exactly_the_keys_the_command_accepts(name, capsys):
 
 
 def test_predict_help_shows_the_defaults_predict_uses(capsys):
-    from segkit.inference.predict import PredictOptions
+    from segkit.inference.predict.run import PredictOptions
 
     assert main(["predict", "-h"]) == 0
     rows = {

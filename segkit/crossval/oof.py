@@ -26,7 +26,7 @@ from typing import Any
 from segkit.crossval.folds import FoldSet, check_overrides, launch_folds, read_folds
 from segkit.errors import ConfigError, DataError
 from segkit.fsio import save_json_atomic
-from segkit.inference.selection import relative_to
+from segkit.inference.predict.decision import relative_to
 
 SUMMARY = "summary.json"
 OOF = "oof"
@@ -82,7 +82,7 @@ def summarise(
         The summary written to ``out/summary.json`` (``out`` defaults to ``multirun_dir``).
     """
     from segkit.data.layouts import read_dataset
-    from segkit.inference.evaluate import (
+    from segkit.inference.metrics.evaluate import (
         DEFAULT_NSD_TOLERANCE,
         describe_missing,
         evaluate,
@@ -133,7 +133,7 @@ def _file_name(case_id: str, like: Path) -> str:
 def _predict_folds(folds: FoldSet, cases: dict, out: Path, *, tta: bool, device: str) -> dict:
     """Predicts every ok fold's validation cases into a fresh ``oof/`` (replaced at the end,
     so a crash leaves the previous one); returns what inference ran per case."""
-    from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.predict.run import PredictOptions, predict
 
     options = PredictOptions(save_probabilities=True, progress=False, tta=tta, device=device)
     stage = out / f".{OOF}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

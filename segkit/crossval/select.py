@@ -5,12 +5,12 @@ As nnU-Net's ``find_best_configuration``: every configuration's CV mean foregrou
 (the configurations' out-of-fold probabilities averaged, then turned into labels by their
 output head); the best is selected (a tie goes to fewer configurations). On it,
 post-processing is tried in order, ``largest_foreground`` then ``largest_per_class``
-(:mod:`segkit.inference.postprocess`), each kept only where it raises the CV mean Dice.
+(:mod:`segkit.inference.predict.postprocess`), each kept only where it raises the CV mean Dice.
 
-Dice is validation's and evaluate's (`segkit.inference.scoring`): per class the mean over
+Dice is validation's and evaluate's (`segkit.inference.metrics.dice`): per class the mean over
 cases, then over classes. The decision (configurations → fold checkpoints,
 post-processing, inference settings, and every number behind it) goes to one
-``decision.json`` (:mod:`segkit.inference.selection`) that ``segkit predict ckpt=DIR``
+``decision.json`` (:mod:`segkit.inference.predict.decision`) that ``segkit predict ckpt=DIR``
 uses as its default.
 """
 
@@ -28,8 +28,8 @@ import torch
 from segkit.crossval.oof import describe_folds, load_cv
 from segkit.errors import ConfigError
 from segkit.fsio import save_json_atomic
-from segkit.inference.postprocess import STEPS, apply_postprocessing
-from segkit.inference.selection import DECISION_FILE, FORMAT, relative_to
+from segkit.inference.predict.decision import DECISION_FILE, FORMAT, relative_to
+from segkit.inference.predict.postprocess import STEPS, apply_postprocessing
 from segkit.table import format_table
 
 
@@ -70,8 +70,8 @@ def load_configurations(
             configurations with other label sets, output heads, input channels or
             preprocessing, other cases, or other inference options.
     """
-    from segkit.inference.checkpoint import load_model
-    from segkit.inference.predict import check_ensemble
+    from segkit.inference.predict.checkpoint import load_model
+    from segkit.inference.predict.run import check_ensemble
 
     dirs = [Path(d) for d in cv_dirs]
     if not dirs:
@@ -126,13 +126,13 @@ def _num_values(config: Configuration) -> int:
 
 
 def _dice(seg: np.ndarray, ref: np.ndarray, k: int, ignore: int | None) -> np.ndarray:
-    from segkit.inference.scoring import case_dice
+    from segkit.inference.metrics.dice import case_dice
 
     return case_dice(torch.from_numpy(seg), torch.from_numpy(ref), k, ignore_label=ignore).numpy()
 
 
 def _mean(rows: Sequence[np.ndarray]) -> tuple[list[float | None], float]:
-    from segkit.inference.scoring import mean_dice
+    from segkit.inference.metrics.dice import mean_dice
 
     per_class, mean = mean_dice(torch.from_numpy(np.stack(rows)))
     return [None if np.isnan(v) else float(v) for v in per_class.tolist()], mean
@@ -250,7 +250,7 @@ def _postprocessing(best, cases, configs, head, k, ignore) -> dict[str, Any]:
 
 
 def _decision(configs, best, scored, post, out: Path, allow_incomplete: bool) -> dict[str, Any]:
-    from segkit.inference.predict import PredictOptions
+    from segkit.inference.predict.run import PredictOptions
 
     options = configs[0].crossval["predict_options"]
     predict_opts = PredictOptions(mode=options["mode"], tta=options["tta"], progress=False)

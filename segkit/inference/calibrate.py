@@ -22,8 +22,8 @@ from torch import nn
 from segkit.defaults import CALIBRATION_OVERLAPS
 from segkit.errors import ConfigError
 from segkit.inference.engine import InferenceSettings, infer
+from segkit.inference.metrics.dice import mean_dice
 from segkit.inference.outputs import SOFTMAX, OutputHead
-from segkit.inference.scoring import mean_dice
 from segkit.table import format_table
 
 

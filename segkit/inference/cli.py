@@ -61,8 +61,8 @@ nsd_tolerance: mm, one value or one per foreground class ([1.0,2.0,...]).
 
 def cmd_predict(args: Arguments) -> int:
     """``segkit predict``: label maps of every case under ``input``."""
-    from segkit.inference.predict import PredictOptions, predict
-    from segkit.inference.selection import find_selection
+    from segkit.inference.predict.decision import find_selection
+    from segkit.inference.predict.run import PredictOptions, predict
 
     kv = dict(args.values)
     paths = {k: kv.pop(k) for k in ("ckpt", "input", "output")}
@@ -82,7 +82,7 @@ def cmd_predict(args: Arguments) -> int:
 
 
 def _predict_defaults() -> dict:
-    from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.predict.run import PredictOptions, predict
 
     return {
         **signature_defaults(predict, trust="trusted_targets"),
@@ -92,8 +92,8 @@ def _predict_defaults() -> dict:
 
 def cmd_export(args: Arguments) -> int:
     """``segkit export``: an ONNX or TorchScript file checked against the eager network."""
-    from segkit.inference.checkpoint import load_model
     from segkit.inference.export import describe_checks, export_model
+    from segkit.inference.predict.checkpoint import load_model
 
     kv = dict(args.values)
     model = load_model(kv.pop("ckpt"), trusted_targets=kv.pop("trust", []))
@@ -106,8 +106,8 @@ def cmd_export(args: Arguments) -> int:
 
 
 def _export_defaults() -> dict:
-    from segkit.inference.checkpoint import load_model
     from segkit.inference.export import export_model
+    from segkit.inference.predict.checkpoint import load_model
 
     return {
         **signature_defaults(load_model, trust="trusted_targets"),
@@ -117,7 +117,7 @@ def _export_defaults() -> dict:
 
 def cmd_evaluate(args: Arguments) -> int:
     """``segkit evaluate``: Dice and HD95 per case and class, printed (and written as CSV)."""
-    from segkit.inference.evaluate import (
+    from segkit.inference.metrics.evaluate import (
         DEFAULT_NSD_TOLERANCE,
         describe_missing,
         evaluate,
@@ -147,7 +147,7 @@ def cmd_evaluate(args: Arguments) -> int:
 
 
 def _evaluate_defaults() -> dict:
-    from segkit.inference.evaluate import evaluate
+    from segkit.inference.metrics.evaluate import evaluate
 
     return {**signature_defaults(evaluate), "output": None, "summary": None}
 

@@ -15,7 +15,7 @@ import torch
 
 from segkit.data.invert import probability_bytes
 from segkit.errors import ConfigError, DataError
-from segkit.inference.checkpoint import LoadedModel
+from segkit.inference.predict.checkpoint import LoadedModel
 from segkit.inference.stream import Consumer, ModelRun, stream_predict
 
 
@@ -45,7 +45,7 @@ def stream_case(
 ):
     """The streamed path: labels on the preprocessed grid (probabilities to ``consumer``),
     per model (decision, where its overlap/window came from), and the memory plan's line.
-    ``opts``: the :class:`~segkit.inference.predict.PredictOptions`."""
+    ``opts``: the :class:`~segkit.inference.predict.run.PredictOptions`."""
     runs, sources = [], []
     for model in models:
         check_dims(model)

@@ -12,8 +12,8 @@ from segkit.data.regions import Region, case_region_dice
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError
 from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.metrics.dice import case_dice, mean_dice
 from segkit.inference.outputs import SOFTMAX, OutputHead
-from segkit.inference.scoring import case_dice, mean_dice
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
@@ -107,7 +107,7 @@ class SegModule(pl.LightningModule):
                 "region model needs both (one sigmoid channel per region)"
             )
         self.spec = UNetSpec.from_config(model)
-        # the attribute names the checkpoint's weights (segkit.inference.checkpoint.NET_ATTRIBUTE)
+        # the attribute names the checkpoint's weights (segkit.inference.predict.checkpoint.NET_ATTRIBUTE)
         self.net = UNet(self.spec)
         self.loss_fn = build_loss(loss, ignore_label=ignore_label, regions=self.regions)
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()} or {

@@ -67,7 +67,7 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
     """The checkpoint to resume from, checked to hold only tensors and plain values."""
-    from segkit.inference.checkpoint import read_checkpoint
+    from segkit.inference.predict.checkpoint import read_checkpoint
 
     path = None
     if cfg.get("ckpt_path"):
@@ -212,7 +212,11 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
     and store the cheapest one within tolerance of the best in each checkpoint."""
     from segkit.fsio import atomic_path
     from segkit.inference.calibrate import calibrate
-    from segkit.inference.checkpoint import CALIBRATION_KEY, network_weights, read_checkpoint
+    from segkit.inference.predict.checkpoint import (
+        CALIBRATION_KEY,
+        network_weights,
+        read_checkpoint,
+    )
     from segkit.nn import UNet
 
     opts = cfg.get("calibrate_inference") or {}

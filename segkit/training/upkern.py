@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from segkit.errors import ConfigError
-from segkit.inference.checkpoint import NET_ATTRIBUTE, network_weights, read_checkpoint
+from segkit.inference.predict.checkpoint import NET_ATTRIBUTE, network_weights, read_checkpoint
 
 _MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 COPIED = "copied"
@@ -159,7 +159,7 @@ def map_checkpoint(net: torch.nn.Module, path: str | Path) -> InitReport:
     """Initialise ``net`` (in place) from a segkit checkpoint, mapping what fits.
 
     Tensors match by name (the network's keys of the checkpoint's ``state_dict``,
-    :func:`~segkit.inference.checkpoint.network_weights`). Same shape: copied. A conv
+    :func:`~segkit.inference.predict.checkpoint.network_weights`). Same shape: copied. A conv
     kernel of another spatial size: resized as UpKern does (trilinear in 3D, bilinear
     in 2D). A head (``heads.*``) for another number of classes: the network's own
     initialisation is kept. A first-stage conv for another number of input channels:

@@ -22,8 +22,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segkit.inference.postprocess import apply_postprocessing
-from segkit.inference.predict import PredictOptions, predict
+from segkit.inference.predict.postprocess import apply_postprocessing
+from segkit.inference.predict.run import PredictOptions, predict
 from tests.crossval.conftest import run_segkit
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -340,7 +340,7 @@ def test_folds_ran_as_submitit_jobs(cv_run):
 
 
 def test_ckpt_names_a_cv_directory_or_a_decision(cv_run, tmp_path, capsys):
-    from segkit.inference.selection import resolve_checkpoints
+    from segkit.inference.predict.decision import resolve_checkpoints
 
     for cv in cv_run.cvs.values():  # a CV directory: its folds
         folds = sorted((cv / "folds").glob("fold_*/checkpoints/best.ckpt"))

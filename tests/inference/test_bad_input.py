@@ -11,7 +11,7 @@ import torch
 
 from segkit.cli import main
 from segkit.errors import ConfigError
-from segkit.inference.checkpoint import load_model
+from segkit.inference.predict.checkpoint import load_model
 from tests.inference.conftest import outputs, write_image
 
 
@@ -77,7 +77,7 @@ def test_channel_mismatch(ckpt, tmp_path, capsys):
 
 def test_missing_channel_file(ckpt, tmp_path):
     from segkit.errors import DataError
-    from segkit.inference.predict import find_cases
+    from segkit.inference.predict.run import find_cases
 
     write_image(tmp_path / "x_0000.nii.gz")
     with pytest.raises(DataError, match="missing x_0001"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from segkit.inference.calibrate import CalibrationRow, calibrate, choose
-from segkit.inference.scoring import case_dice, mean_dice
+from segkit.inference.metrics.dice import case_dice, mean_dice
 from segkit.nn import UNet
 
 

@@ -13,8 +13,8 @@ from monai.metrics import compute_hausdorff_distance as monai_hd
 from scipy.spatial.distance import cdist
 
 from segkit.cli import main
-from segkit.inference.evaluate import CaseScores, hd95, score_case, summary_rows
-from segkit.inference.scoring import mean_dice
+from segkit.inference.metrics.dice import mean_dice
+from segkit.inference.metrics.evaluate import CaseScores, hd95, score_case, summary_rows
 
 
 def _surface_points(mask, spacing):

@@ -9,7 +9,7 @@ import math
 import nibabel as nib
 import numpy as np
 
-from segkit.inference.evaluate import evaluate
+from segkit.inference.metrics.evaluate import evaluate
 
 
 def _hand_dice(pred, ref, c, ignore):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
-from segkit.inference.evaluate import evaluate, summary, summary_rows
+from segkit.inference.metrics.evaluate import evaluate, summary, summary_rows
 
 REGIONS = {"whole": (1, 2, 3), "core": (2, 3), "enh": (3,)}
 SPACING = (1.0, 1.5, 2.0)

@@ -64,7 +64,7 @@ def test_onnx_dynamic_axes(ckpt, tmp_path, capsys):
     diffs = [float(line.rsplit("=", 1)[1]) for line in printed.splitlines() if "max |" in line]
     assert max(diffs) < 1e-4
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    from segkit.inference.checkpoint import load_model
+    from segkit.inference.predict.checkpoint import load_model
 
     net = load_model(ckpt).net
     x = torch.randn(2, 1, 21, 13, 9)

@@ -8,7 +8,7 @@ import torch
 
 from segkit.errors import ConfigError
 from segkit.inference.outputs import OutputHead
-from segkit.inference.postprocess import apply_postprocessing, largest_component
+from segkit.inference.predict.postprocess import apply_postprocessing, largest_component
 
 
 def test_region_labels_follow_regions_class_order_with_later_regions_on_top():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segkit.cli import main
-from segkit.inference.predict import PredictOptions, find_cases, predict
+from segkit.inference.predict.run import PredictOptions, find_cases, predict
 from tests.inference.conftest import NUM_CLASSES, outputs, write_image
 
 
@@ -154,7 +154,7 @@ def test_each_case_says_what_inference_ran_and_why(ckpt, tmp_path):
 def test_the_measured_setting_in_a_checkpoint_is_the_default(ckpt, tmp_path):
     import torch
 
-    from segkit.inference.checkpoint import CALIBRATION_KEY
+    from segkit.inference.predict.checkpoint import CALIBRATION_KEY
 
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     state[CALIBRATION_KEY] = {"overlap": 0.25, "window_scale": 1.5, "dice_mean": 0.9, "rows": []}

@@ -16,11 +16,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import segkit.inference.predict as predict_module
+import segkit.inference.predict.run as predict_module
 from segkit.cli import main
 from segkit.data.preprocess import Preprocessor
-from segkit.inference.parts import read_ahead
-from segkit.inference.predict import PredictOptions, predict
+from segkit.inference.predict.parts import read_ahead
+from segkit.inference.predict.run import PredictOptions, predict
 from tests.inference.conftest import outputs, write_image
 from tests.utils import REPO
 

@@ -82,7 +82,7 @@ def test_a_budget_picks_the_largest_batch_and_most_precise_dtype_that_fit():
 
 def test_predict_says_what_the_budget_chose(ckpt, tmp_path, capsys):
     from segkit.cli import main
-    from segkit.inference.predict import PredictOptions
+    from segkit.inference.predict.run import PredictOptions
     from tests.inference.conftest import write_image
 
     src = write_image(tmp_path / "in" / "a.nii.gz", shape=(37, 29, 15))

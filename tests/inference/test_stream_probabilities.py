@@ -11,7 +11,7 @@ from segkit.data import invert as invert_mod
 from segkit.data.invert import ProbabilityFile, invert_probabilities
 from segkit.data.preprocess import Preprocessor
 from segkit.errors import DataError
-from segkit.inference.predict import PredictOptions, predict
+from segkit.inference.predict.run import PredictOptions, predict
 from tests.inference.conftest import make_checkpoint, outputs, write_image
 
 F16 = 1.5e-3  # two float16 roundings of values in [0, 1]

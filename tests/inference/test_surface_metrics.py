@@ -14,9 +14,9 @@ from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surf
 
 from segkit.cli import main
 from segkit.errors import ConfigError
-from segkit.inference.evaluate import nsd_tolerances, score_case
-from segkit.inference.scoring import case_dice
-from segkit.inference.surface import surface_scores, surfel_areas
+from segkit.inference.metrics.dice import case_dice
+from segkit.inference.metrics.evaluate import nsd_tolerances, score_case
+from segkit.inference.metrics.surface import surface_scores, surfel_areas
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segkit.inference.scoring import case_dice
+from segkit.inference.metrics.dice import case_dice
 from segkit.training.losses import DeepSupervisionLoss, DiceCELoss, build_loss
 from segkit.training.module import SegModule
 

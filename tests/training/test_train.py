@@ -123,7 +123,7 @@ def test_validation_dice_of_resampled_cases_is_predict_plus_evaluate(tmp_path, d
     cases = saved["validation_cases"]
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
 
-    from segkit.inference.checkpoint import load_model
+    from segkit.inference.predict.checkpoint import load_model
 
     preprocessor = load_model(ckpt).preprocessor
     assert list(preprocessor.target_spacing) == target
@@ -151,9 +151,9 @@ def _validation_folders(tmp_path: Path, data_dir: Path, cases: list[str]) -> tup
 
 
 def _predict_and_score(ckpt, images, labels, out, **options) -> float:
-    from segkit.inference.evaluate import evaluate
-    from segkit.inference.predict import PredictOptions, predict
-    from segkit.inference.scoring import mean_dice
+    from segkit.inference.metrics.dice import mean_dice
+    from segkit.inference.metrics.evaluate import evaluate
+    from segkit.inference.predict.run import PredictOptions, predict
 
     predict(ckpt=ckpt, input=images, output=out, options=PredictOptions(progress=False, **options))
     scores = evaluate(pred=out, labels=labels, num_classes=4)
@@ -303,7 +303,7 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
 
     import nibabel as nib
 
-    from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.predict.run import PredictOptions, predict
 
     image = sorted((demo_data_dir / "demo" / "imagesTs").glob("*.nii.gz"))[0]
     written = predict(
@@ -323,7 +323,7 @@ def test_2d_network_trains_on_3d_volumes_slice_by_slice(tmp_path, demo_data_dir)
 
 def _assert_final_dice_is_predict_plus_hand_dice(tmp_path, demo_data_dir, metrics):
     """last.ckpt predicted as `segkit predict` would, scored by hand, is the final val Dice."""
-    from segkit.inference.predict import PredictOptions, predict
+    from segkit.inference.predict.run import PredictOptions, predict
 
     images, labels = _validation_folders(tmp_path, demo_data_dir, metrics["validation_cases"])
     predict(

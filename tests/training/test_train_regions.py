@@ -33,10 +33,10 @@ def _links(folder: Path, source: Path, names: list[str]) -> Path:
 
 def test_region_training_validation_equals_predict_plus_evaluate(tmp_path, region_data):
     from segkit.data.layouts import read_dataset_info
-    from segkit.inference.checkpoint import load_model
-    from segkit.inference.evaluate import evaluate
-    from segkit.inference.predict import PredictOptions, predict
-    from segkit.inference.scoring import mean_dice
+    from segkit.inference.metrics.dice import mean_dice
+    from segkit.inference.metrics.evaluate import evaluate
+    from segkit.inference.predict.checkpoint import load_model
+    from segkit.inference.predict.run import PredictOptions, predict
 
     cfg = compose(
         [

@@ -8,7 +8,7 @@ Each metric uses the surface of the reference implementation users compare with:
 - **NSD** at tolerance τ: the surface elements ("surfels") of DeepMind's
   ``surface-distance``: every corner of the voxel grid whose 2×2×2 neighbourhood is
   mixed carries the area (mm², any anisotropic spacing) of the marching-cubes
-  triangles in that cube (`segkit.inference.surfel_table`); NSD = (area of prediction
+  triangles in that cube (`segkit.inference.metrics.surfel_table`); NSD = (area of prediction
   surfels within τ of the reference surfels + the same the other way) / (both areas).
   This is ``compute_surface_dice_at_tolerance`` and MONAI's
   ``compute_surface_dice(use_subvoxels=True)``. MONAI's default
@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.spatial import cKDTree
 
-from segkit.inference.surfel_table import NORMALS_X8
+from segkit.inference.metrics.surfel_table import NORMALS_X8
 
 
 @dataclass(frozen=True)

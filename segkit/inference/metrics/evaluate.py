@@ -1,7 +1,7 @@
 """Dice, HD95 and normalised surface Dice of predicted label maps, per case and class.
 
-Dice is validation's (`segkit.inference.scoring.case_dice`'s arithmetic, counted in
-each class's bounding box). HD95 and NSD come from `segkit.inference.surface`, in
+Dice is validation's (`segkit.inference.metrics.dice.case_dice`'s arithmetic, counted in
+each class's bounding box). HD95 and NSD come from `segkit.inference.metrics.surface`, in
 millimetres of the label header's voxel spacing (anisotropic spacing included), each
 in the convention of its usual reference: HD95
 as MONAI's ``compute_hausdorff_distance(percentile=95)`` (voxel surfaces, the larger
@@ -15,7 +15,7 @@ metric (left out of the means); a class present in only one of them has Dice 0,
 NSD 0 and HD95 NaN (no finite distance exists). A reference case without a
 prediction is scored as an empty prediction — a failure, Dice 0 and NSD 0 for every
 class in its reference — and marked ``no prediction``. Means follow
-`segkit.inference.scoring.mean_dice`, like ``val/dice_mean`` during training: per
+`segkit.inference.metrics.dice.mean_dice`, like ``val/dice_mean`` during training: per
 class the mean over cases, then the mean over classes (NaN left out).
 
 `write_summary` writes nnU-Net's ``summary.json`` layout (``metric_per_case``,
@@ -45,8 +45,13 @@ from segkit.data.io import NIFTI_SUFFIXES, read_nifti, strip_nifti_suffix
 from segkit.data.regions import Region, confusion, region_dice
 from segkit.errors import ConfigError, DataError
 from segkit.fsio import atomic_path, save_json_atomic
-from segkit.inference.scoring import mean_dice
-from segkit.inference.surface import crop_to_union, hd95_of_surfaces, surface_scores, voxel_surface
+from segkit.inference.metrics.dice import mean_dice
+from segkit.inference.metrics.surface import (
+    crop_to_union,
+    hd95_of_surfaces,
+    surface_scores,
+    voxel_surface,
+)
 
 _AFFINE_ATOL = 1e-3
 DEFAULT_NSD_TOLERANCE = 1.0

@@ -31,17 +31,17 @@ from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix, write_nifti
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
-from segkit.inference.checkpoint import LoadedModel, load_model
 from segkit.inference.engine import Decision, InferenceSettings, infer
-from segkit.inference.parts import (
+from segkit.inference.predict.checkpoint import LoadedModel, load_model
+from segkit.inference.predict.decision import find_selection, resolve_checkpoints
+from segkit.inference.predict.parts import (
     check_workers,
     describe_part,
     parse_part,
     read_ahead,
     select_part,
 )
-from segkit.inference.postprocess import apply_postprocessing, check_steps
-from segkit.inference.selection import find_selection, resolve_checkpoints
+from segkit.inference.predict.postprocess import apply_postprocessing, check_steps
 from segkit.inference.stream import ACCUMULATE, probabilities_in_blocks
 from segkit.inference.streamed_case import (
     CaseDecisions,
@@ -84,12 +84,12 @@ class PredictOptions:
         sw_batch_size: windows per forward call.
         progress: progress bars over cases and windows.
         part: ``I/N``: predict only the I-th of N disjoint shares of the cases (sorted by
-            case id, every N-th from the I-th; see :mod:`segkit.inference.parts`), so N
+            case id, every N-th from the I-th; see :mod:`segkit.inference.predict.parts`), so N
             processes or jobs share a folder; ``1/1``: every case.
         workers: threads reading and preprocessing the next cases while the current one
             is inferred (0: each case read when its turn comes); outputs are the same.
         postprocess: steps applied to each label map on the input's grid before it is
-            written (:mod:`segkit.inference.postprocess`; e.g. ``largest_per_class``).
+            written (:mod:`segkit.inference.predict.postprocess`; e.g. ``largest_per_class``).
         stream: streamed prediction (:mod:`segkit.inference.stream`: memory follows a slab
             of the volume, not the volume; the same labels); False: the whole volume's
             logits in memory (the non-streamed path, kept for comparison).
@@ -504,7 +504,7 @@ def predict(
         report: called with one line per case saying what inference ran and why
             (default: print).
         trusted_targets: user block classes the checkpoints may import (see
-            :func:`~segkit.inference.checkpoint.load_model`).
+            :func:`~segkit.inference.predict.checkpoint.load_model`).
 
     Returns:
         The written label files.

@@ -1,0 +1,1 @@
+"""Scoring label maps: one Dice on confusion counts, surface distances, ``segkit evaluate``."""

@@ -1,0 +1,1 @@
+"""Predicting folders of cases: discovery, checkpoints, parts, post-processing, decisions."""
