@@ -107,7 +107,7 @@ class SegModule(pl.LightningModule):
                 "region model needs both (one sigmoid channel per region)"
             )
         self.spec = UNetSpec.from_config(model)
-        # the attribute names the checkpoint's weights (segkit.inference.predict.checkpoint.NET_ATTRIBUTE)
+        # the attribute names the checkpoint's weights (predict.checkpoint.NET_ATTRIBUTE)
         self.net = UNet(self.spec)
         self.loss_fn = build_loss(loss, ignore_label=ignore_label, regions=self.regions)
         self.label_names = {int(k): str(v) for k, v in (label_names or {}).items()} or {
