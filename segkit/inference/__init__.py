@@ -1,21 +1,4 @@
-"""Prediction: one inference path (mode decision, sliding window), NIfTI writing, export."""
-
-from segkit.inference.engine import (
-    Decision,
-    InferenceSettings,
-    decide,
-    infer,
-    predict_logits,
-    sliding_window,
-    whole_volume,
-)
-
-__all__ = [
-    "Decision",
-    "InferenceSettings",
-    "decide",
-    "infer",
-    "predict_logits",
-    "sliding_window",
-    "whole_volume",
-]
+"""Inference by job: ``engine/`` (the one sliding-window loop, its settings, output head and
+memory model), ``predict/`` (cases, checkpoints, parts, post-processing, decisions and
+``segkit predict``), ``metrics/`` (one Dice on confusion counts, surface distances,
+``segkit evaluate``), calibration of the inference settings, and export."""

@@ -19,11 +19,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from segkit.defaults import CALIBRATION_OVERLAPS
+from segkit.defaults import (
+    CALIBRATION_OVERLAPS,
+    CALIBRATION_TOLERANCE,
+    CALIBRATION_WINDOW_SCALES,
+    SLICE_AXIS,
+)
 from segkit.errors import ConfigError
-from segkit.inference.engine import InferenceSettings, infer
+from segkit.inference.engine.outputs import SOFTMAX, OutputHead
+from segkit.inference.engine.segment import segment
+from segkit.inference.engine.settings import InferenceSettings
+from segkit.inference.engine.sliding import ModelRun
 from segkit.inference.metrics.dice import mean_dice
-from segkit.inference.outputs import SOFTMAX, OutputHead
 from segkit.table import format_table
 
 
@@ -121,6 +128,11 @@ def choose(rows: Sequence[CalibrationRow], tolerance: float) -> int:
     return min(ok, key=lambda i: (rows[i].voxels, -value(rows[i])))
 
 
+def _classes(net: nn.Module, head: OutputHead) -> int:
+    spec = getattr(net, "spec", None)
+    return int(spec.out_channels) if spec is not None else len(head.region_order)
+
+
 def calibrate(
     net: nn.Module,
     cases: Iterable[tuple[str, torch.Tensor, torch.Tensor]],
@@ -128,11 +140,11 @@ def calibrate(
     *,
     patch_size: Sequence[int],
     head: OutputHead = SOFTMAX,
-    slice_axis: int = 2,
+    slice_axis: int = SLICE_AXIS,
     overlaps: Sequence[float] = CALIBRATION_OVERLAPS,
-    window_scales: Sequence[float] = (1.0, 1.5),
-    tolerance: float = 0.005,
-    sw_batch_size: int = 4,
+    window_scales: Sequence[float] = CALIBRATION_WINDOW_SCALES,
+    tolerance: float = CALIBRATION_TOLERANCE,
+    sw_batch_size: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Calibration:
     """Measures every (overlap, window scale) on the cases and chooses the cheapest good one.
@@ -149,7 +161,7 @@ def calibrate(
         overlaps: overlaps to try.
         window_scales: window sizes to try, as multiples of the patch.
         tolerance: mean Dice the chosen setting may lose against the best.
-        sw_batch_size: windows per forward call.
+        sw_batch_size: windows per forward call (None: the engine's default).
         log: called with one line per measured setting.
     """
     if not overlaps or not window_scales:
@@ -169,13 +181,13 @@ def calibrate(
         n += 1
         for i, settings in enumerate(grid):
             start = time.perf_counter()
-            logits, decision = infer(
-                net, image, patch_size=patch_size, settings=settings, slice_axis=slice_axis
-            )
-            pred = head.labels_from_logits(logits[0], dim=0)
+            run = ModelRun(net, tuple(patch_size), settings, slice_axis)
+            result = segment([run], image, head, classes=_classes(net, head))
             seconds[i] += time.perf_counter() - start
+            decision = result.decisions[0]
             slices = image.shape[2 + slice_axis] if image.dim() - 2 > len(decision.size) else 1
             voxels[i] += decision.voxels * slices
+            pred = result.labels.to(label.device)
             dice[i].append(score(case_id, pred, label).double().cpu())
     if n == 0:
         raise ConfigError("calibrate_inference: the validation fold has no cases")

@@ -192,7 +192,7 @@ PREDICT = Command(
         Key("tta", "mirroring test-time augmentation", bool),
         Key("save_probabilities", "also write {case}.npz with class probabilities", bool),
         Key("device", "auto | cpu | cuda | cuda:N"),
-        Key("sw_batch_size", "windows per forward call", int),
+        Key("sw_batch_size", "windows per forward call; null: 4 (3D), 32 (2D)", int, nullable=True),
         Key("progress", "progress bars over cases and windows", bool),
         Key(
             "part",
@@ -200,9 +200,7 @@ PREDICT = Command(
             "N-th from the I-th), one per process or job",
         ),
         Key("workers", "threads reading the next cases during inference (0: none)", int),
-        Key("stream", "streamed prediction (memory of a slab); false: whole-volume logits", bool),
-        Key("max_memory_gb", "budget (GB): window batch, accumulation", float, nullable=True),
-        Key("accumulate", "streamed accumulator: auto | float32 | float16"),
+        Key("max_memory_gb", "budget (GB): tile layout and window batch", float, nullable=True),
         Key(
             "postprocess",
             "steps on each label map: largest_foreground, largest_per_class ([a,b]), or none",

@@ -55,23 +55,32 @@ class DiceCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (N, K, *S); ``target`` (N, 1, *S) or (N, *S) integer labels."""
+        return self.from_sums(self.sums(logits, target))
+
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per sample, the sums the loss is made of (additive over voxels, so a volume's loss
+        is :meth:`from_sums` of its tiles' sums added up): cross-entropy and annotated voxels,
+        and per class the soft Dice intersection and denominator."""
         if target.dim() == logits.dim():
             target = target[:, 0]
         target = target.long()
         logits = logits.float()
-        loss = logits.new_zeros(())
+        space = tuple(range(1, target.dim()))
         mask = None
         if self.ignore_index is not None:
             mask = target != self.ignore_index
             target = target.masked_fill(~mask, 0)  # any class: its terms are masked out
+        out: dict[str, torch.Tensor] = {}
         if self.ce_weight:
-            if mask is None:
-                ce = F.cross_entropy(logits, target)
-            else:
-                # F.cross_entropy(ignore_index=...) is NaN (0/0) on a fully ignored patch
-                ce = F.cross_entropy(logits, target, reduction="none")
-                ce = (ce * mask).sum() / mask.sum().clamp_min(1)
-            loss = loss + self.ce_weight * ce
+            ce = F.cross_entropy(logits, target, reduction="none")
+            if mask is not None:
+                ce = ce * mask
+            out["ce"] = ce.sum(space)
+            out["count"] = (
+                mask.sum(space).to(ce.dtype)
+                if mask is not None
+                else torch.full_like(out["ce"], target[0].numel())
+            )
         if self.dice_weight:
             probs = logits.softmax(1)
             onehot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
@@ -80,14 +89,30 @@ class DiceCELoss(nn.Module):
                 probs, onehot = probs * keep, onehot * keep
             start = 0 if self.include_background else 1
             probs, onehot = probs[:, start:], onehot[:, start:]
-            dims = (
-                (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
-            )
-            inter = (probs * onehot).sum(dims)
-            denom = probs.sum(dims) + onehot.sum(dims)
-            dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-8)
-            loss = loss + self.dice_weight * (1 - dice.mean())
-        return loss
+            dims = tuple(range(2, logits.dim()))
+            out["inter"] = (probs * onehot).sum(dims)
+            out["denom"] = probs.sum(dims) + onehot.sum(dims)
+        return out
+
+    def from_sums(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of :meth:`sums` (added over tiles): mean cross-entropy over annotated
+        voxels (0 where none is) plus 1 − mean soft Dice."""
+        return _combine(self, sums, sums.get("count"))
+
+
+def _combine(loss: nn.Module, sums: dict[str, torch.Tensor], count: torch.Tensor | None):
+    """``ce_weight · Σce / Σcount + dice_weight · (1 − mean Dice)`` of per-sample sums."""
+    ref = next(iter(sums.values()))
+    total = ref.new_zeros(())
+    if loss.ce_weight:
+        total = total + loss.ce_weight * sums["ce"].sum() / count.sum().clamp_min(1)
+    if loss.dice_weight:
+        inter, denom = sums["inter"], sums["denom"]
+        if loss.batch_dice:
+            inter, denom = inter.sum(0), denom.sum(0)
+        dice = (2 * inter + loss.smooth) / (denom + loss.smooth).clamp_min(1e-8)
+        total = total + loss.dice_weight * (1 - dice.mean())
+    return total
 
 
 class RegionDiceBCELoss(nn.Module):
@@ -118,6 +143,11 @@ class RegionDiceBCELoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``logits`` (N, R, *S); ``target`` (N, 1, *S) or (N, *S) integer label map."""
+        return self.from_sums(self.sums(logits, target))
+
+    def sums(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per sample, the additive sums of the loss: binary cross-entropy over voxels and
+        regions, and per region the soft Dice intersection and denominator."""
         if target.dim() == logits.dim():
             target = target[:, 0]
         if logits.shape[1] != len(self.regions):
@@ -126,20 +156,22 @@ class RegionDiceBCELoss(nn.Module):
             )
         logits = logits.float()
         masks = region_masks(target, self.regions).movedim(0, 1).to(logits.dtype)
-        loss = logits.new_zeros(())
+        dims = tuple(range(2, logits.dim()))
+        out: dict[str, torch.Tensor] = {}
         if self.ce_weight:
-            bce = F.binary_cross_entropy_with_logits(logits, masks)
-            loss = loss + self.ce_weight * bce
+            bce = F.binary_cross_entropy_with_logits(logits, masks, reduction="none")
+            out["ce"] = bce.sum((1, *dims))
+            out["count"] = torch.full_like(out["ce"], masks[0].numel())
         if self.dice_weight:
             probs = torch.sigmoid(logits)
-            dims = (
-                (0, *range(2, logits.dim())) if self.batch_dice else tuple(range(2, logits.dim()))
-            )
-            inter = (probs * masks).sum(dims)
-            denom = probs.sum(dims) + masks.sum(dims)
-            dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp_min(1e-8)
-            loss = loss + self.dice_weight * (1 - dice.mean())
-        return loss
+            out["inter"] = (probs * masks).sum(dims)
+            out["denom"] = probs.sum(dims) + masks.sum(dims)
+        return out
+
+    def from_sums(self, sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of :meth:`sums` (added over tiles): mean BCE over voxels and regions
+        plus 1 − mean soft Dice."""
+        return _combine(self, sums, sums.get("count"))
 
 
 class DeepSupervisionLoss(nn.Module):

@@ -9,11 +9,13 @@ import pytorch_lightning as pl
 import torch
 
 from segkit.data.regions import Region, case_region_dice
-from segkit.defaults import DEFAULT_OVERLAP
+from segkit.defaults import DEFAULT_OVERLAP, SLICE_AXIS
 from segkit.errors import ConfigError
-from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.engine.outputs import SOFTMAX, OutputHead
+from segkit.inference.engine.segment import Segmentation, segment
+from segkit.inference.engine.settings import InferenceSettings
+from segkit.inference.engine.sliding import ModelRun
 from segkit.inference.metrics.dice import case_dice, mean_dice
-from segkit.inference.outputs import SOFTMAX, OutputHead
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
@@ -87,7 +89,7 @@ class SegModule(pl.LightningModule):
         preprocessor: dict[str, Any] | None = None,
         compile: bool = False,
         channels_last: bool = False,
-        slice_axis: int = 2,
+        slice_axis: int = SLICE_AXIS,
         ignore_label: int | None = None,
         regions: list[dict[str, Any]] | None = None,
         output_head: dict[str, Any] | None = None,
@@ -152,24 +154,30 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         image, label = batch["image"], batch["label"]
-        if self._memory_format is not None:
-            image = image.contiguous(memory_format=self._memory_format)
-        logits, _ = self.predict_volume(image)
-        loss = self.loss_fn.loss(logits, label)
+        cases = batch.get("case", [None] * image.shape[0])
+        loss_sums: dict[str, torch.Tensor] = {}
+        dice = []
+        for i in range(image.shape[0]):
+            target = label[i : i + 1, 0]
+
+            def add_loss(box: tuple[slice, ...], logits: torch.Tensor, target=target) -> None:
+                sums = self.loss_fn.loss.sums(logits[None], target[(slice(None), *box)])
+                for key, value in sums.items():
+                    loss_sums[key] = loss_sums[key] + value if key in loss_sums else value
+
+            pred = self.predict_volume(image[i : i + 1], logits=add_loss).labels
+            pred = pred.to(label.device)
+            dice.append(self.score_case(cases[i], pred, label[i, 0]))
+            if batch_idx == 0 and i == 0:
+                self.last_val_example = {
+                    "image": image[0].detach().float().cpu(),
+                    "label": label[0, 0].detach().cpu(),
+                    "pred": pred.detach().cpu(),
+                    "case": str(cases[0] or "case"),
+                }
+        loss = self.loss_fn.loss.from_sums(loss_sums)
         self.log("val/loss", loss, on_epoch=True, batch_size=1, sync_dist=True)
-        pred = self.head.labels_from_logits(logits, dim=1)
-        cases = batch.get("case", [None] * pred.shape[0])
-        dice = torch.stack(
-            [self.score_case(cases[i], pred[i], label[i, 0]) for i in range(pred.shape[0])]
-        )
-        self._val_dice.append(dice.to(self.device))
-        if batch_idx == 0:
-            self.last_val_example = {
-                "image": image[0].detach().float().cpu(),
-                "label": label[0, 0].detach().cpu(),
-                "pred": pred[0].detach().cpu(),
-                "case": str(cases[0] or "case"),
-            }
+        self._val_dice.append(torch.stack(dice).to(self.device))
 
     def score_case(
         self, case_id: str | None, pred: torch.Tensor, label: torch.Tensor
@@ -206,15 +214,16 @@ class SegModule(pl.LightningModule):
             return [r.name for r in self.regions]
         return [self.label_names.get(c, f"class{c}") for c in range(1, self.spec.out_channels)]
 
-    def predict_volume(self, image: torch.Tensor) -> tuple[torch.Tensor, Decision]:
-        """Logits of whole volumes (N, C, *S) through segkit's one inference path."""
-        return infer(
+    def predict_volume(self, image: torch.Tensor, *, logits=None) -> Segmentation:
+        """Labels of one volume (1, C, *S) through segkit's one inference engine (``logits``
+        receives each tile's logits, as :func:`~segkit.inference.engine.segment.segment`)."""
+        run = ModelRun(
             self.net,
-            image,
-            patch_size=self.hparams.patch_size,
-            settings=self.inference_settings,
-            slice_axis=self.hparams.slice_axis,
+            tuple(self.hparams.patch_size),
+            self.inference_settings,
+            self.hparams.slice_axis,
         )
+        return segment([run], image, self.head, classes=self.spec.out_channels, logits=logits)
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_dice:

@@ -9,17 +9,32 @@ import torch
 from torch import nn
 
 from segkit.errors import ConfigError
-from segkit.inference.engine import (
-    InferenceSettings,
-    decide,
-    extent_dependence,
-    infer,
-    predict_logits,
-    sliding_window,
-    whole_volume,
-    window_starts,
-)
+from segkit.inference.engine.extent import extent_dependence
+from segkit.inference.engine.settings import InferenceSettings, decide
+from segkit.inference.engine.windows import window_starts
 from segkit.nn import UNet
+from tests.inference.engine_logits import engine_logits
+
+
+def sliding_window(net, x, window, *, overlap=0.5, sw_batch_size=None):
+    return engine_logits(
+        net, x, window, mode="sliding", overlap=overlap, sw_batch_size=sw_batch_size
+    )
+
+
+def whole_volume(net, x):
+    with torch.no_grad():
+        return net(x)
+
+
+def predict_logits(net, x, *, window, mode="auto", overlap=0.5, sw_batch_size=None, tta=False):
+    return engine_logits(
+        net, x, window, mode=mode, overlap=overlap, sw_batch_size=sw_batch_size, tta=tta
+    )
+
+
+def infer(net, x, *, patch_size, settings):
+    return engine_logits(net, x, patch_size, settings), None
 
 
 def test_window_starts_cover_exactly():
@@ -44,8 +59,6 @@ def test_pointwise_model_sliding_equals_whole():
         sw = sliding_window(net, x, window, overlap=0.4, sw_batch_size=bs)
         assert sw.shape == whole.shape
         torch.testing.assert_close(sw, whole, atol=1e-5, rtol=1e-5)
-    uniform = sliding_window(net, x, (7, 9, 5), overlap=0.5, gaussian=False)
-    torch.testing.assert_close(uniform, whole, atol=1e-5, rtol=1e-5)
 
 
 def test_unet_sliding_agrees_with_whole_on_interior():
@@ -168,7 +181,7 @@ def test_explicit_mode_and_window_scale_win():
     with pytest.raises(ConfigError, match="window_scale"):
         InferenceSettings(window_scale=0.5)
     with pytest.raises(ConfigError, match="overlap"):
-        sliding_window(net, torch.zeros(1, 1, 9, 9, 9), (4, 4, 4), overlap=1.0)
+        InferenceSettings(overlap=1.0)
 
 
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
@@ -310,7 +323,7 @@ def test_every_module_class_of_segkit_nn_is_audited_or_declares_itself():
     import pkgutil
 
     import segkit.nn
-    from segkit.inference.extent import AUDITED_SEGKIT_MODULES
+    from segkit.inference.engine.extent import AUDITED_SEGKIT_MODULES
 
     found = {}
     for info in pkgutil.iter_modules(segkit.nn.__path__, "segkit.nn."):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segkit.errors import ConfigError
-from segkit.inference.outputs import OutputHead
+from segkit.inference.engine.outputs import OutputHead
 from segkit.inference.predict.postprocess import apply_postprocessing, largest_component
 
 

@@ -22,7 +22,7 @@ import torch
 
 from segkit.data.preprocess import Preprocessor
 from segkit.errors import ConfigError, SegkitError
-from segkit.inference.outputs import SOFTMAX, OutputHead
+from segkit.inference.engine.outputs import SOFTMAX, OutputHead
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 

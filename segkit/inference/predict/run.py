@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import closing
@@ -26,12 +27,19 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from segkit.data.invert import ProbabilityFile, invert_probabilities, write_probabilities_npz
+from segkit.data.invert import (
+    ProbabilityFile,
+    invert_probabilities,
+    probability_bytes,
+    write_probabilities_npz,
+)
 from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix, write_nifti
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
-from segkit.inference.engine import Decision, InferenceSettings, infer
+from segkit.inference.engine.segment import segment
+from segkit.inference.engine.settings import Decision, InferenceSettings
+from segkit.inference.engine.sliding import ModelRun
 from segkit.inference.predict.checkpoint import LoadedModel, load_model
 from segkit.inference.predict.decision import find_selection, resolve_checkpoints
 from segkit.inference.predict.parts import (
@@ -42,14 +50,6 @@ from segkit.inference.predict.parts import (
     select_part,
 )
 from segkit.inference.predict.postprocess import apply_postprocessing, check_steps
-from segkit.inference.stream import ACCUMULATE, probabilities_in_blocks
-from segkit.inference.streamed_case import (
-    CaseDecisions,
-    check_dims,
-    check_disk,
-    stream_case,
-    temp_npy,
-)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -81,7 +81,7 @@ class PredictOptions:
         tta: mirroring test-time augmentation.
         save_probabilities: also write ``{case}.npz`` with class probabilities.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
-        sw_batch_size: windows per forward call.
+        sw_batch_size: windows per forward call (None: the engine's default for the network).
         progress: progress bars over cases and windows.
         part: ``I/N``: predict only the I-th of N disjoint shares of the cases (sorted by
             case id, every N-th from the I-th; see :mod:`segkit.inference.predict.parts`), so N
@@ -90,14 +90,9 @@ class PredictOptions:
             is inferred (0: each case read when its turn comes); outputs are the same.
         postprocess: steps applied to each label map on the input's grid before it is
             written (:mod:`segkit.inference.predict.postprocess`; e.g. ``largest_per_class``).
-        stream: streamed prediction (:mod:`segkit.inference.stream`: memory follows a slab
-            of the volume, not the volume; the same labels); False: the whole volume's
-            logits in memory (the non-streamed path, kept for comparison).
-        max_memory_gb: budget for one case's prediction (streamed): the window batch and
-            the accumulation dtype are chosen to fit it, and said in the per-case line;
-            None: the settings as given.
-        accumulate: streamed accumulator dtype: ``auto`` (float32 unless max_memory_gb
-            needs float16), ``float32`` or ``float16``.
+        max_memory_gb: budget for one case's prediction: the tile layout and the window
+            batch are chosen to fit it, and said in the per-case line; None: each network's
+            accumulator under 256 MiB (:mod:`segkit.inference.engine.memory`).
     """
 
     mode: str = "auto"
@@ -106,30 +101,19 @@ class PredictOptions:
     tta: bool = False
     save_probabilities: bool = False
     device: str = "auto"
-    sw_batch_size: int = 4
+    sw_batch_size: int | None = None
     progress: bool = True
     part: str = "1/1"
     workers: int = 0
     postprocess: tuple[str, ...] = ()
-    stream: bool = True
     max_memory_gb: float | None = None
-    accumulate: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "postprocess", check_steps(self.postprocess))
-        if self.accumulate not in ACCUMULATE:
-            raise ConfigError(
-                f"accumulate: got {self.accumulate!r}; allowed: {', '.join(ACCUMULATE)}"
-            )
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise ConfigError(
                 f"max_memory_gb: got {self.max_memory_gb}; expected a positive number of GB "
                 "(or null for no budget)"
-            )
-        if self.max_memory_gb is not None and not self.stream:
-            raise ConfigError(
-                "max_memory_gb needs the streamed path; stream=false keeps the whole volume's "
-                "logits in memory. Fix: drop stream=false or max_memory_gb"
             )
         parse_part(self.part)
         check_workers(self.workers)
@@ -356,41 +340,41 @@ def check_not_overwriting_inputs(cases: Sequence[InputCase], output_dir: Path) -
         )
 
 
-def _axis(models: Sequence[LoadedModel]) -> int:
-    return models[0].slice_axis if models[0].spec.spatial_dims == 2 else 0
+def check_dims(model: LoadedModel) -> None:
+    """Prediction runs 2D and 3D networks only."""
+    if model.spec.spatial_dims not in (2, 3):
+        raise ConfigError(f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D")
 
 
-def _probabilities(
-    models: Sequence[LoadedModel],
-    image: np.ndarray,
-    opts: PredictOptions,
-    device: torch.device,
-    *,
-    block: int | None = None,
-) -> tuple[torch.Tensor, list[tuple[Decision, str]]]:
-    """The non-streamed path: probabilities (K, *S) averaged over ``models`` (softmax
-    classes or sigmoid regions, per the checkpoints' output head) from each model's
-    whole-volume logits, and what each one ran. The softmax runs in the streamed path's
-    blocks (:func:`~segkit.inference.stream.probabilities_in_blocks`, ``block`` rows)."""
-    x = torch.from_numpy(image).to(device)[None]
-    total = None
-    decisions = []
-    for model in models:
-        check_dims(model)
-        settings, source = opts.settings(model)
-        logits, decision = infer(
-            model.net,
-            x,
-            patch_size=model.patch_size,
-            settings=settings,
-            slice_axis=model.slice_axis,
-            progress=opts.progress,
+def check_disk(output_dir: Path, case_id: str, classes: int, props: dict) -> None:
+    """Refuses ``save_probabilities`` before inference where the disk is short.
+
+    Raises:
+        DataError: naming the case, the size it would take, the free space and the fix.
+    """
+    need = probability_bytes(classes, props) * 3 // 2  # the two temporaries and the archive
+    free = shutil.disk_usage(output_dir).free
+    if need > free:
+        raise DataError(
+            f"save_probabilities: case '{case_id}' needs about {need / 2**30:.1f} GiB of disk "
+            f"in {output_dir} for its float16 probabilities ({classes} classes), but "
+            f"{free / 2**30:.1f} GiB are free. Fix: free space there, choose another output=, "
+            "or save_probabilities=false"
         )
-        probs = probabilities_in_blocks(logits[0], model.head, axis=_axis(models), block=block)
-        del logits
-        total = probs if total is None else total.add_(probs)
-        decisions.append((decision, source))
-    return total / len(models), decisions
+
+
+def _temp_npy(output_dir: Path, case_id: str, tag: str) -> Path:
+    """A hidden temporary next to the outputs (``.tmp-`` names, as :mod:`segkit.fsio`)."""
+    return output_dir / f".{case_id}.npz.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{tag}.npy"
+
+
+class CaseDecisions(list):
+    """Per checkpoint (what inference ran, where its overlap/window came from), and the
+    engine's memory plan (``memory``)."""
+
+    def __init__(self, items=(), *, memory: str = "") -> None:
+        super().__init__(items)
+        self.memory = memory
 
 
 def predict_case(
@@ -400,18 +384,18 @@ def predict_case(
     opts: PredictOptions,
     device: torch.device,
     prepared: tuple[np.ndarray, dict] | None = None,
-) -> tuple[Path, list[tuple[Decision, str]]]:
+) -> tuple[Path, CaseDecisions]:
     """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``).
 
     ``prepared``: the case already preprocessed (``preprocess_image``'s answer), e.g. read
-    ahead by a worker thread; None: preprocessed here. Streamed (``opts.stream``), the
-    probabilities for ``save_probabilities`` go to a float16 file on disk block by block
+    ahead by a worker thread; None: preprocessed here. The engine hands out the labels and,
+    for ``save_probabilities``, each tile's probabilities, which go to a float16 file on disk
     and are inverted slab by slab (:mod:`segkit.data.invert`); temporaries are removed and
     the ``.npz`` appears only complete.
 
     Returns:
         The written label file and, per checkpoint, what inference ran and where its
-        overlap/window came from (streamed: the memory plan as a last entry's note).
+        overlap/window came from (the memory plan in ``memory``).
     """
     models = [models] if isinstance(models, LoadedModel) else list(models)
     pre = models[0].preprocessor
@@ -420,39 +404,38 @@ def predict_case(
     classes = models[0].spec.out_channels
     label_names = models[0].output_names(classes)  # per channel: class or region
     out = output_dir / _output_name(case)
+    runs, sources = [], []
+    for model in models:
+        check_dims(model)
+        settings, source = opts.settings(model)
+        runs.append(ModelRun(model.net, tuple(model.patch_size), settings, model.slice_axis))
+        sources.append(source)
     temps: list[Path] = []
     try:
-        if opts.stream:
-            store = None
-            if opts.save_probabilities:
-                check_disk(output_dir, case.case_id, classes, props)
-                temps.append(temp_npy(output_dir, case.case_id, "pre"))
-                store = ProbabilityFile(temps[-1], classes, image.shape[1:])
-            seg, decisions, memory = stream_case(
-                models, image, opts, device, store.write if store else None
-            )
-            decisions = CaseDecisions(decisions, memory=memory)
-        else:  # the whole volume in memory, inverted at once (the reference path)
-            probs, decisions = _probabilities(models, image, opts, device)
-            seg = head.labels(probs, dim=0).to(head.label_dtype(probs.shape[0]))
-            probs_orig = None
-            if opts.save_probabilities:
-                probs_orig = pre.invert(probs.cpu().numpy(), props).astype(np.float16)
-            del probs
-        seg_orig = pre.invert(seg.cpu().numpy(), props)
+        store = None
+        if opts.save_probabilities:
+            check_disk(output_dir, case.case_id, classes, props)
+            temps.append(_temp_npy(output_dir, case.case_id, "pre"))
+            store = ProbabilityFile(temps[-1], classes, image.shape[1:])
+        result = segment(
+            runs,
+            torch.from_numpy(image).to(device)[None],
+            head,
+            classes=classes,
+            max_memory_gb=opts.max_memory_gb,
+            probabilities=store.write if store else None,
+            progress=opts.progress,
+        )
+        decisions = CaseDecisions(
+            list(zip(result.decisions, sources)), memory=result.plan.describe()
+        )
+        seg_orig = pre.invert(result.labels.cpu().numpy(), props)
         if opts.postprocess:
             seg_orig = apply_postprocessing(seg_orig, opts.postprocess)
         if not opts.save_probabilities:
             write_nifti(out, seg_orig, case.images[0])
             return out, decisions
-        if not opts.stream:
-            with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
-                np.savez_compressed(
-                    tmp, probabilities=probs_orig, label_names=np.array(label_names)
-                )
-                write_nifti(out, seg_orig, case.images[0])
-            return out, decisions
-        temps.append(temp_npy(output_dir, case.case_id, "orig"))
+        temps.append(_temp_npy(output_dir, case.case_id, "orig"))
         invert_probabilities(temps[0], props, temps[1])
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
             write_probabilities_npz(tmp, temps[1], label_names)
@@ -464,8 +447,8 @@ def predict_case(
 
 
 def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> str:
-    """One line: what ran for a case and why (per checkpoint of an ensemble), and how
-    the streamed path fits its memory."""
+    """One line: what ran for a case and why (per checkpoint of an ensemble), and how the
+    engine fits its memory."""
     parts = []
     memory = getattr(decisions, "memory", "")
     for n, (decision, source) in enumerate(decisions):
