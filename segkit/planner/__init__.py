@@ -7,9 +7,8 @@ exact shapes. One job per module:
 - :mod:`.rules`: topology rules (target spacing, pooling, kernels) and their explanation;
 - :mod:`.result`: the planner's settings and its answer;
 - :mod:`.search`: the search for patch, batch and stages within a budget;
+- :mod:`.nnunet_plans`: an nnU-Net plans file read as a planner result;
 - :mod:`.startup`: the Hydra start-up hook (``planner.auto``) and its answer cache.
-
-The nnU-Net plans import lives in :mod:`segkit.nnunet_plans`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What the planner is asked (:class:`PlannerOptions`) and what it answers (:class:`PlannerResult`).
 
 Shared by the search (:mod:`.search`), the start-up hook (:mod:`.startup`) and the nnU-Net
-plans import (:mod:`segkit.nnunet_plans`), so none of them needs another's internals.
+plans import (:mod:`.nnunet_plans`), so none of them needs another's internals.
 """
 
 from __future__ import annotations

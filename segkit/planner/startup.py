@@ -5,9 +5,9 @@
 :func:`apply_planner` is the one call that start-up code (``train.py``, ``segkit plan``,
 ``segkit configure``) makes. It reads the dataset's fingerprint (computing it once, beside the
 preprocessing cache), plans (:func:`~segkit.planner.search.plan_experiment`) or imports an
-nnU-Net plans file (:func:`segkit.nnunet_plans.result_from_plans`), caches the answer beside
-the fingerprint, and writes the planned values into the config; explicit command-line
-overrides win.
+nnU-Net plans file (:func:`~segkit.planner.nnunet_plans.result_from_plans`), caches the
+answer beside the fingerprint, and writes the planned values into the config; explicit
+command-line overrides win.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 from segkit.data.fingerprint import Fingerprint
 from segkit.errors import ConfigError
 from segkit.planner.memory import optimizer_state_count
+from segkit.planner.nnunet_plans import result_from_plans
 from segkit.planner.result import PLANNED_KEYS, PlannerOptions, PlannerResult
 from segkit.planner.search import plan_experiment
 
@@ -105,15 +106,12 @@ def plan_from_config(cfg: Any, explicit: set[str] | Sequence[str] = ()) -> Plann
     optimizer and ``planner.*`` settings; ``explicit`` keys keep their configured values.
 
     ``planner.plans`` imports an nnU-Net plans file instead
-    (:func:`segkit.nnunet_plans.result_from_plans`).
+    (:func:`~segkit.planner.nnunet_plans.result_from_plans`).
     """
     from omegaconf import OmegaConf
 
     explicit = set(explicit)
     if cfg.planner.get("plans"):
-        # Imported here: segkit.nnunet_plans builds on this package's result types.
-        from segkit.nnunet_plans import result_from_plans
-
         return result_from_plans(cfg, explicit)
     opts = PlannerOptions.from_config(OmegaConf.to_container(cfg.planner, resolve=True))
     family = OmegaConf.to_container(cfg.model, resolve=True)

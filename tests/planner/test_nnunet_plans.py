@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from segkit.config import compose
 from segkit.errors import ConfigError
 from segkit.nn import UNet
-from segkit.nnunet_plans import import_plans, result_from_plans
+from segkit.planner.nnunet_plans import import_plans, result_from_plans
 from segkit.spec import UNetSpec
 from tests.planner.conftest import DATA
 from tests.references import n_params, network_from_plans, param_shapes
