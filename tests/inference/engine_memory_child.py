@@ -1,0 +1,71 @@
+"""Resident-set peaks of the engine's prediction of volumes in this (fresh) process.
+
+Run by ``tests/inference/test_engine_memory.py`` as ``python engine_memory_child.py JSON``
+under :data:`tests.rss.CHILD_ENV` (glibc mmaps large blocks and returns freed memory at once),
+so the kernel's high-water mark (``VmHWM``, reset before each run) follows the live tensors:
+the instrument is the kernel's, not the engine's own estimate. Prints one JSON line: per run,
+the absolute peak, the peak above the resident set just before it (the input volume already
+allocated), and the engine's estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+import segkit.inference.engine.memory as memory
+from segkit.inference.engine.outputs import SOFTMAX
+from segkit.inference.engine.segment import segment
+from segkit.inference.engine.settings import InferenceSettings
+from segkit.inference.engine.sliding import ModelRun
+from segkit.nn import UNet
+from tests.rss import settle, status
+
+
+def main(case: dict) -> dict:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    classes = case["classes"]
+    net = UNet(
+        spatial_dims=3, in_channels=1, out_channels=classes, depth=3, channels=4, norm="instance"
+    ).eval()
+    settings = InferenceSettings(mode="sliding", overlap=case.get("overlap", 0.0))
+    run = ModelRun(net, tuple(case["patch"]), settings)
+    segment([run], torch.randn(1, 1, *case["patch"]), SOFTMAX, classes=classes)  # warm-up
+    default_accumulator = memory.ACCUMULATOR_BYTES
+    real_estimate = memory.estimate_bytes
+    out = []
+    for item in case["runs"]:
+        memory.ACCUMULATOR_BYTES = item.get("accumulator_bytes") or default_accumulator
+        memory.estimate_bytes = real_estimate
+        if item.get("break_estimate"):  # leave the accumulator out: the check must see it
+
+            def without_accumulator(runs, decisions, layout, batches, **kw):
+                acc = classes * layout.accumulator_rows(decisions[0].window) * 4
+                shape = layout.column_shape
+                return real_estimate(runs, decisions, layout, batches, **kw) - acc * (
+                    shape[0] * shape[1]
+                )
+
+            memory.estimate_bytes = without_accumulator
+        x = torch.randn(1, 1, *item["size"])
+        base = settle()
+        result = segment([run], x, SOFTMAX, classes=classes, max_memory_gb=item.get("budget"))
+        peak = status("VmHWM")
+        out.append(
+            {
+                "size": item["size"],
+                "peak": peak,
+                "above": peak - base,
+                "estimate": result.plan.estimate,
+                "plan": result.plan.describe(),
+            }
+        )
+        del x, result
+    return {"runs": out}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(json.loads(sys.argv[1]))))
