@@ -7,23 +7,30 @@ from typing import Any
 
 from segkit.args import Arguments, Command, Key
 from segkit.config import config_help
+from segkit.errors import ConfigError, SegkitError
 
 CONFIGURE_HELP = """\
 Plan target spacing, patch, batch, depth, strides, kernels and channels from the dataset's
 fingerprint and a memory budget (no rounding to multiples of 2^pools), and print every
 decision with its reason, the config fragment and the plan table. Nothing is trained.
+It plans your own dataset: data=msd is implied (name another data=... to override it).
 
-  segkit configure data=msd data.root=/data/Task04_Hippocampus
-  segkit configure data=msd data.root=/data/Task05_Prostate planner.memory_gb=24 model=unet
-  segkit configure data=msd data.root=PATH model.spatial_dims=2            (2D: plans slices)
-  segkit configure data=msd data.root=PATH data.patch_size=[96,96,64]      (given values win)
-  segkit configure --json data=msd data.root=PATH
+  segkit configure data.root=/data/Task04_Hippocampus
+  segkit configure data.root=/data/Task05_Prostate planner.memory_gb=24 model=unet
+  segkit configure data.root=PATH model.spatial_dims=2            (2D: plans slices)
+  segkit configure data.root=PATH data.patch_size=[96,96,64]      (given values win)
+  segkit configure --json data.root=PATH
   segkit configure fingerprint=PATH/dataset_fingerprint.json      (nnU-Net's fingerprint)
   segkit configure plans=PATH/nnUNetPlans.json configuration=3d_fullres   (import nnU-Net)
 
-Then train with the same overrides and planner=auto (it plans again at start-up from the
-cached fingerprint), or paste the printed overrides.
+Then train with data=msd and the same overrides (data=msd plans again at start-up from the
+cached fingerprint), or paste the printed overrides, which begin with data=msd.
 """
+
+
+def _chooses_data(overrides: list[str]) -> bool:
+    """Whether the overrides choose the data group (``data=...``, ``+data=...``, ``~data``)."""
+    return any(o.lstrip("+~").partition("=")[0].partition("@")[0] == "data" for o in overrides)
 
 
 def _override_list(fragment: dict[str, Any]) -> str:
@@ -37,14 +44,23 @@ def _override_list(fragment: dict[str, Any]) -> str:
 
 def cmd_configure(args: Arguments) -> int:
     """Runs the planner (or the nnU-Net import) and prints what it decided."""
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     from segkit.config import check_data_choice, compose
     from segkit.planner import explicit_keys, plan_from_config
 
-    overrides = args.overrides
+    # one's own data: the default data=demo would plan the demo's small network
+    implied = [] if _chooses_data(args.overrides) else ["data=msd"]
+    overrides = [*implied, *args.overrides]
     cfg = compose(overrides, hydra_config=True)
-    check_data_choice(cfg)  # data.root=PATH without data=msd would plan the demo's network
+    check_data_choice(cfg)
+    planner = cfg.planner
+    if OmegaConf.is_missing(cfg.data, "root") and not (planner.plans or planner.fingerprint):
+        raise ConfigError(
+            "data.root is not set: there is no dataset to plan. Fix: "
+            "data.root=/path/to/dataset (a Decathlon or nnU-Net v2 raw dataset), or "
+            "fingerprint=/path/to/dataset_fingerprint.json, or plans=/path/to/nnUNetPlans.json"
+        )
     with open_dict(cfg):
         cfg.planner.auto = True
     result = plan_from_config(cfg, explicit_keys(overrides))
@@ -67,7 +83,7 @@ def cmd_configure(args: Arguments) -> int:
         print(f"  {group}:")
         for key, value in values.items():
             print(f"    {key}: {json.dumps(value).replace(', ', ',')}")
-    print("\nas overrides:\n  " + _override_list(frag) + "\n")
+    print("\nas overrides:\n  " + " ".join([*implied, _override_list(frag)]) + "\n")
     outputs = _outputs_line(cfg)
     if outputs:
         print(outputs)
@@ -82,7 +98,6 @@ def _outputs_line(cfg: Any) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from segkit.data.layouts import read_dataset_info
-    from segkit.errors import SegkitError
 
     try:
         return read_dataset_info(Path(cfg.data.root)).describe_outputs()

@@ -18,7 +18,6 @@ from segkit.errors import DataError
 
 MSD = "msd"
 NNUNET = "nnunet"
-_FIX_ROOT = "Fix: set data.root=/path/to/dataset or create the demo with `segkit make-demo`."
 
 
 @dataclass(frozen=True)
@@ -107,15 +106,23 @@ class Dataset:
     test: tuple[CaseFiles, ...]
 
 
+def _fix_root(root: Path) -> str:
+    return (
+        "Fix: set data.root=/path/to/dataset, or write the synthetic demo there with "
+        f"`segkit make-demo {root}`."
+    )
+
+
 def dataset_json_path(root: Path) -> Path:
     """Returns `root/dataset.json`, raising a `DataError` if it is missing."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"Dataset directory {root} does not exist. {_FIX_ROOT}")
+        raise DataError(f"Dataset directory {root} does not exist. {_fix_root(root)}")
     path = root / "dataset.json"
     if not path.is_file():
         raise DataError(
-            f"{path} is missing: {root} is not a Decathlon or nnU-Net v2 dataset. {_FIX_ROOT}"
+            f"{path} is missing: {root} is not a Decathlon or nnU-Net v2 dataset. "
+            + _fix_root(root)
         )
     return path
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
+import shlex
 
 import pytest
 
 from segkit.cli import main
-from segkit.config import compose
+from segkit.config import check_data_choice, compose
+from segkit.errors import ConfigError
 from tests.planner.conftest import DATA
 
 CASES = [((26, 30, 22), (1.0, 1.0, 1.0), None)] * 2 + [((28, 30, 20), (1.0, 1.0, 1.0), None)] * 3
@@ -138,7 +142,71 @@ def test_start_up_reads_the_cached_answer_without_planning_again(make_dataset, m
         planner.apply_planner(compose(other), other, record=False)
 
 
-def test_configure_on_a_root_without_data_msd_is_refused(tmp_path, capsys):
-    """data=demo would plan the demo's small network for the user's data; say data=msd."""
-    assert main(["configure", f"data.root={tmp_path}"]) == 2
-    assert f"data=msd data.root={tmp_path}" in capsys.readouterr().err
+def _pasted_overrides(out: str) -> list[str]:
+    """The words of the line ``segkit configure`` prints under "as overrides:"."""
+    return shlex.split(out.split("as overrides:\n", 1)[1].splitlines()[0])
+
+
+def test_configure_implies_data_msd_and_prints_it(make_dataset, capsys):
+    """configure plans one's own data without data=msd on its command line, and the overrides
+    it prints begin with data=msd: without it a training config is refused (data=demo)."""
+    root = make_dataset(CASES)
+    assert main(["configure", f"data.root={root}", "planner.memory_gb=2"]) == 0
+    pasted = _pasted_overrides(capsys.readouterr().out)
+    assert pasted[0] == "data=msd" and "data.patch_size=[28,30,20]" in pasted  # the median case
+    cfg = compose([f"data.root={root}", *pasted], hydra_config=True)
+    assert cfg.hydra.runtime.choices.data == "msd" and cfg.hydra.runtime.choices.model == "unet"
+    check_data_choice(cfg)
+    with pytest.raises(ConfigError, match="data=demo"):
+        check_data_choice(compose([f"data.root={root}", *pasted[1:]]))
+    # a data group given on the command line is kept, and then not printed
+    assert main(["configure", "data=msd", f"data.root={root}", "planner.memory_gb=2"]) == 0
+    assert "data=msd" not in _pasted_overrides(capsys.readouterr().out)
+
+
+def test_configure_without_a_dataset_names_fixes_that_work_when_pasted(make_dataset, capsys):
+    """Each alternative the refusal names, its placeholder path replaced by a real one."""
+    prostate = DATA / "Dataset005_Prostate"
+    real = {
+        "/path/to/dataset": make_dataset(CASES),
+        "/path/to/dataset_fingerprint.json": prostate / "dataset_fingerprint.json",
+        "/path/to/nnUNetPlans.json": prostate / "nnUNetPlans.json",
+    }
+    assert main(["configure"]) == 2
+    err = capsys.readouterr().err
+    fixes = re.findall(r"(\S+)=(/path/to/[\w.]+)", err.partition("Fix:")[2])
+    assert sorted(path for _, path in fixes) == sorted(real)
+    for key, path in fixes:
+        assert main(["configure", "--json", f"{key}={real[path]}"]) == 0, (key, path)
+        assert json.loads(capsys.readouterr().out)["data.patch_size"]
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["no_folder", "no_dataset_json"])
+def test_configure_on_a_folder_without_a_dataset_names_a_working_fix(
+    tmp_path, capsys, monkeypatch, exists
+):
+    import segkit.data.demo as demo
+
+    full = demo.make_demo
+
+    @functools.wraps(full)
+    def small(*args, **kwargs):  # the real demo writer, with 2 cases to stay fast
+        return full(*args, **{**kwargs, "num_cases": 2})
+
+    monkeypatch.setattr(demo, "make_demo", small)
+    root = tmp_path / "mine"
+    if exists:
+        root.mkdir()
+    assert main(["configure", f"data.root={root}"]) == 2
+    err = capsys.readouterr().err
+    assert "Fix: set data.root=/path/to/dataset" in err
+    command = shlex.split(re.search(r"`(segkit make-demo [^`]+)`", err).group(1))
+    assert main(command[1:]) == 0
+    assert main(["configure", "--json", f"data.root={root}"]) == 0
+
+
+def test_configure_with_data_demo_on_another_root_names_a_working_fix(make_dataset, capsys):
+    root = make_dataset(CASES)
+    assert main(["configure", "data=demo", f"data.root={root}"]) == 2
+    fix = re.search(r"`(data=msd [^`]+)`", capsys.readouterr().err).group(1)
+    assert main(["configure", "--json", "data=demo", f"data.root={root}", *shlex.split(fix)]) == 0
