@@ -3,13 +3,16 @@ the ResNet-D shortcut on odd sizes, and plans (params, FLOPs, memory) for every 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from segkit import ConfigError, ShapeError
 from segkit.config import compose, model_config
 from segkit.nn import UNet, plan_unet
-from segkit.nn.blocks import BlockContext, Shortcut
+from segkit.nn.blocks import GRN, BlockContext, MedNeXtBlock, ResidualBlock, Shortcut
 from segkit.spec import UNetSpec
 from tests.utils import autograd_saved_bytes
 
@@ -23,8 +26,36 @@ def _preset(name: str, *overrides: str) -> UNetSpec:
     return UNetSpec.from_config(model_config(cfg, num_channels=1, num_classes=3))
 
 
-# The presets against the references built live (DNA's ResidualEncoderUNet, MONAI's
-# create_mednext): tests/references/test_presets_vs_references.py.
+# The presets against the references built live (DNA's PlainConvUNet and ResidualEncoderUNet,
+# MONAI's MedNeXt and DynUNet), parameters and forward values: tests/references/.
+
+CTX = BlockContext(spatial_dims=3, stage="test", kernel_size=(3, 3, 3), dilation=(1, 1, 1))
+
+
+def test_residual_blocks_add_their_input():
+    # closed form: with the main path's output at 0 (the last norm's scale and shift; MedNeXt:
+    # the compression conv) the block is act(x), MedNeXt's x: the identity add alone, exactly
+    x = torch.randn(2, 4, 5, 6, 7)
+    res = ResidualBlock(4, 4, (1, 1, 1), CTX)
+    mednext = MedNeXtBlock(4, 4, (1, 1, 1), replace(CTX, grn=True, act=("gelu", ())))
+    with torch.no_grad():
+        for p in (*res.convs[-1].norm.parameters(), *mednext.compress.conv.parameters()):
+            p.zero_()
+        assert torch.equal(res(x), F.leaky_relu(x, 0.01))
+        assert torch.equal(mednext(x), x)
+
+
+def test_grn_is_convnext_v2s_formula():
+    grn = GRN(3, spatial_dims=3)
+    x = torch.randn(2, 3, 4, 5, 6)
+    with torch.no_grad():
+        assert torch.equal(grn(x), x)  # gamma = beta = 0: the identity (segkit.nn.weights)
+        grn.gamma.normal_()
+        grn.beta.normal_()
+        gx = x.pow(2).sum(dim=(2, 3, 4), keepdim=True).sqrt()  # L2 norm over space, per channel
+        want = grn.gamma * (x * gx / (gx.mean(dim=1, keepdim=True) + 1e-6)) + grn.beta + x
+        # sums of 120 squares in another order: |Δ| ≲ sqrt(120)·eps32 ≈ 1.3e-6 relative
+        assert torch.allclose(grn(x), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

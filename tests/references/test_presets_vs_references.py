@@ -7,7 +7,8 @@ reference fails here instead of skipping.
 
 Compared: the parameter count, the multiset of parameter shapes (so two errors cannot cancel
 in the sum) and the output shapes on an input both accept, on the meta device (shapes only,
-no allocation: the whole file runs in a few seconds)."""
+no allocation: the whole file runs in a few seconds). The values, with the reference's weights
+copied in: test_forward_values.py."""
 
 from __future__ import annotations
 
@@ -20,13 +21,8 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
-from segkit.config import compose, model_config
-from segkit.nn import UNet
-from segkit.spec import UNetSpec
 from tests.planner.conftest import DATA
-from tests.references import n_params, network_from_plans, param_shapes
-
-CLASSES = 3
+from tests.references import CLASSES, n_params, network_from_plans, param_shapes, segkit_net
 
 # The values the references gave when these tests were written (DNA 0.4.4 with every deep
 # supervision head, which it always builds; MONAI 1.6.1 with deep supervision off). The live
@@ -39,12 +35,6 @@ PINNED_PARAMS = {
     ("L", 3): 61_726_787,
     ("S", 5): 5_980_579,
 }
-
-
-def _segkit(preset: str, *overrides: str) -> nn.Module:
-    cfg = compose([f"model={preset}", *overrides])
-    spec = UNetSpec.from_config(model_config(cfg, num_channels=1, num_classes=CLASSES))
-    return UNet(spec)
 
 
 def resenc_l_architecture(n_stages: int = 6) -> dict:
@@ -85,7 +75,7 @@ def test_the_resenc_l_entry_is_nnunets_residual_encoder_unet():
 def test_resenc_preset_is_nnunets_resenc_l_network():
     with torch.device("meta"):
         ref = network_from_plans(resenc_l_architecture(), 1, CLASSES)
-        seg = _segkit("resenc", "model.deep_supervision=true")
+        seg = segkit_net("resenc", "model.deep_supervision=true")
     assert n_params(seg) == n_params(ref) == PINNED_PARAMS["resenc"]
     assert param_shapes(seg) == param_shapes(ref)
     # training mode, deep supervision: one head per decoder level, largest first, on both.
@@ -102,7 +92,7 @@ def test_mednext_presets_are_monais_create_mednext(variant, kernel):
         ref = create_mednext(
             variant, spatial_dims=3, in_channels=1, out_channels=CLASSES, kernel_size=kernel
         )
-        seg = _segkit(
+        seg = segkit_net(
             f"mednext_{variant.lower()}",
             "model.deep_supervision=false",
             f"model.kernel_size={kernel}",
