@@ -48,7 +48,7 @@ def test_predict_help_shows_the_defaults_predict_uses(capsys):
         m[1]: m[2] for m in re.finditer(r"^  (\w+)=\s+(\S+)", capsys.readouterr().out, flags=re.M)
     }
     used = PredictOptions()  # what predict runs with when a key is not given
-    assert rows["sw_batch_size"] == str(used.sw_batch_size)
+    assert rows["sw_batch_size"] == "null" and used.sw_batch_size is None  # the engine's default
     assert rows["mode"] == used.mode and rows["device"] == used.device
     assert rows["tta"] == str(used.tta).lower() and rows["overlap"] == "null"
     assert rows["ckpt"] == rows["input"] == rows["output"] == "(required)"

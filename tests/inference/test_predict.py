@@ -148,7 +148,7 @@ def test_each_case_says_what_inference_ran_and_why(ckpt, tmp_path):
         report=lines.append,
     )
     assert re.match(r"big: sliding window \d+×\d+×\d+ over \d+×\d+×\d+, overlap 0.25,", lines[0])
-    assert "(mode=sliding) [overlap: given; window: default]; streamed along axis 0" in lines[0]
+    assert "(mode=sliding) [overlap: given; window: default]; tiles of " in lines[0]
 
 
 def test_the_measured_setting_in_a_checkpoint_is_the_default(ckpt, tmp_path):
