@@ -1,16 +1,15 @@
 """Probabilities back on the original grid, slab by slab, through files on disk.
 
-:meth:`~segkit.data.preprocess.Preprocessor.invert` resamples a whole ``(K, *S)`` array in
-memory. For ``save_probabilities`` on large many-class volumes that is the largest buffer of
-a prediction, so here the finalised probabilities go to a float16 ``.npy`` on disk
-(:class:`ProbabilityFile`, written block by block while the stream runs), are inverted slab
-by slab along the canonical first axis (each slab reads the rows of the resampled grid it
-needs plus the halo linear interpolation needs) into a second float16 ``.npy`` on the
-original grid, which :func:`write_probabilities_npz` streams into the ``{case}.npz`` that
-``np.load`` reads (keys ``probabilities``, ``label_names``). Each slab maps the files anew,
-so the pages it touched leave the process' resident set when it is done.
-
-Equal to ``Preprocessor.invert(probabilities).astype(float16)`` within float16 rounding
+:meth:`~segkit.data.preprocess.Preprocessor.invert` maps a whole ``(K, *S)`` array in memory.
+For ``save_probabilities`` on large many-class volumes that is the largest buffer of a
+prediction, so here the finalised probabilities go to a float16 ``.npy`` on disk
+(:class:`ProbabilityFile`, written tile by tile while the stream runs), are inverted slab by
+slab along the canonical first axis into a second float16 ``.npy`` on the original grid, which
+:func:`write_probabilities_npz` streams into the ``{case}.npz`` that ``np.load`` reads (keys
+``probabilities``, ``label_names``). Each slab maps the files anew, so the pages it touched
+leave the process' resident set when it is done. Both inversions resample through the one
+:func:`~segkit.data.preprocess.resample_rows`, which reads only the rows (and the halo) a slab
+needs: the result equals ``Preprocessor.invert`` of the float16 probabilities, bit for bit
 (``tests/inference/test_stream_probabilities.py``).
 """
 
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 from nibabel.orientations import apply_orientation
-from scipy import ndimage
+
+from segkit.data.preprocess import resample_rows
 
 _SLAB_BYTES = 32 * 2**20
 
@@ -39,7 +39,7 @@ def probability_bytes(classes: int, props: dict[str, Any]) -> int:
 
 
 class ProbabilityFile:
-    """A float16 ``(K, *S)`` ``.npy`` on disk, written one block of rows at a time."""
+    """A float16 ``(K, *S)`` ``.npy`` on disk, written one spatial box at a time."""
 
     def __init__(self, path: Path, classes: int, shape: Sequence[int]) -> None:
         self.path = Path(path)
@@ -48,23 +48,19 @@ class ProbabilityFile:
         )
         del mm
 
-    def write(self, axis: int, start: int, stop: int, probs: Any) -> None:
-        """Stores rows ``start:stop`` along spatial ``axis`` of ``probs`` (K, ...)."""
+    def write(self, box: tuple[slice, ...], probs: Any) -> None:
+        """Stores ``probs`` ``(K, *extent of box)`` at ``box``, one slice per spatial axis."""
         block = np.asarray(probs.cpu().numpy() if hasattr(probs, "cpu") else probs)
         mm = np.load(self.path, mmap_mode="r+")
-        index = [slice(None)] * mm.ndim
-        index[axis + 1] = slice(start, stop)
-        mm[tuple(index)] = block.astype(np.float16)
+        extent = tuple(len(range(*s.indices(n))) for s, n in zip(box, mm.shape[1:], strict=True))
+        if block.shape != (mm.shape[0], *extent):
+            raise ValueError(
+                f"{self.path}: a box of extent {extent} takes probabilities of shape "
+                f"{(mm.shape[0], *extent)}, got {block.shape}."
+            )
+        mm[(slice(None), *box)] = block.astype(np.float16)
         mm.flush()
         del mm
-
-
-def _source_rows(lo: int, hi: int, n_in: int, n_out: int) -> tuple[int, int]:
-    """Rows of the resampled grid linear interpolation reads for output rows [lo, hi)."""
-    scale = n_in / n_out
-    first = math.floor((lo + 0.5) * scale - 0.5) - 1
-    last = math.floor((hi - 1 + 0.5) * scale - 0.5) + 2
-    return max(0, first), min(n_in, last + 1)
 
 
 def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
@@ -72,7 +68,7 @@ def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
     ``src`` on the preprocessed grid (resampled linearly, un-cropped with certain
     background, reoriented), one slab of canonical rows at a time."""
     head = np.load(src, mmap_mode="r")
-    classes, shape_in = head.shape[0], tuple(head.shape[1:])
+    classes = head.shape[0]
     del head
     crop = tuple(props["shape_after_crop"])
     canon = tuple(props["canonical_shape"])
@@ -81,8 +77,6 @@ def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
     np.lib.format.open_memmap(
         dst, mode="w+", dtype=np.float16, shape=(classes, *props["original_shape"])
     )
-    same = shape_in == crop
-    scale = np.array(shape_in, dtype=float) / np.array(crop, dtype=float)
     rows = max(1, _SLAB_BYTES // (4 * canon[1] * canon[2]))
     (lo0, hi0), (lo1, hi1), (lo2, hi2) = box
     for a in range(0, canon[0], rows):
@@ -93,24 +87,9 @@ def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
         for k in range(classes):
             view = apply_orientation(out[k], ornt)  # the original array seen canonically
             view[a:b] = 1.0 if k == 0 else 0.0  # outside the crop is certain background
-            if ca >= cb:
-                continue
-            if same:
-                slab = pre[k, ca:cb].astype(np.float32)
-            else:
-                ia, ib = _source_rows(ca, cb, shape_in[0], crop[0])
-                offset = 0.5 * scale - 0.5
-                offset[0] += scale[0] * ca - ia
-                slab = ndimage.affine_transform(
-                    pre[k, ia:ib].astype(np.float32),
-                    scale,
-                    offset=offset,
-                    output_shape=(cb - ca, *crop[1:]),
-                    order=1,
-                    mode="nearest",
-                    prefilter=False,
-                )
-            view[lo0 + ca : lo0 + cb, lo1:hi1, lo2:hi2] = slab
+            if ca < cb:
+                slab = resample_rows(pre[k], crop, (ca, cb), order=1)
+                view[lo0 + ca : lo0 + cb, lo1:hi1, lo2:hi2] = slab
         out.flush()
         del pre, out
 

@@ -195,11 +195,11 @@ class Preprocessor:
             full = np.zeros((arr.shape[0], *canon_shape), dtype=np.float32)
             full[0] = 1.0  # outside the crop is certain background
             for k in range(arr.shape[0]):
-                full[k][sl] = resample(arr[k].astype(np.float32), crop_shape, order=1)
+                full[k][sl] = resample_rows(arr[k], crop_shape, order=1)
             out = np.stack([apply_orientation(c, inv) for c in full])
         else:
             full = np.zeros(canon_shape, dtype=arr.dtype)
-            full[sl] = resample(arr, crop_shape, order=0)
+            full[sl] = resample_rows(arr, crop_shape, order=0)
             out = apply_orientation(full, inv)
         out = np.ascontiguousarray(out)
         if tuple(out.shape[-3:]) != tuple(props["original_shape"]):
@@ -355,3 +355,66 @@ def resample(array: np.ndarray, shape: Sequence[int], *, order: int) -> np.ndarr
         mode="nearest",
         prefilter=order > 1,
     )
+
+
+def _taps(
+    n_in: int, n_out: int, order: int, start: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Source indices ``(lo, hi)`` and the weight of ``hi`` for outputs ``start:stop`` of an
+    axis resized from ``n_in`` to ``n_out`` voxels, outer edges aligned (weight None: nearest).
+
+    Output voxel ``o``'s centre lies at source ``x = ((2o + 1)·n_in − n_out) / (2·n_out)``,
+    computed from integers, so a voxel's taps do not depend on the slab it is computed in.
+    """
+    o = np.arange(start, n_out if stop is None else stop)
+    if order == 0:  # the nearest centre, floor(x + 0.5); a tie takes the higher index
+        lo = np.minimum((2 * o + 1) * n_in // (2 * n_out), n_in - 1)
+        return lo, lo, None
+    x = np.clip(((2 * o + 1) * n_in - n_out) / (2 * n_out), 0, n_in - 1)
+    lo = np.floor(x).astype(np.intp)
+    return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
+
+
+def _resize_axis(
+    block: np.ndarray, axis: int, lo: np.ndarray, hi: np.ndarray, w: np.ndarray | None
+) -> np.ndarray:
+    low = np.take(block, lo, axis)
+    if w is None:
+        return low
+    out = np.take(block, hi, axis)  # low + w·(high − low), in place: two arrays at a time
+    out -= low
+    out *= w.reshape([-1 if a == axis else 1 for a in range(block.ndim)])
+    out += low
+    return out
+
+
+def resample_rows(
+    source: np.ndarray, shape: Sequence[int], rows: tuple[int, int] | None = None, *, order: int
+) -> np.ndarray:
+    """Rows ``rows`` (first axis; None: all) of ``source`` resampled to ``shape``.
+
+    The inverse resampling, whole or slab by slab: grids aligned at the outer voxel edges as in
+    `resample`, clamped at the borders. Only the rows of ``source`` that the slab's voxels
+    interpolate from are read (a memmap stays on disk), and a slab equals the same rows of the
+    whole, bit for bit.
+
+    Args:
+        source: A 3D array on the preprocessed grid (an ``np.memmap`` is read in part).
+        shape: The whole output's shape.
+        rows: ``(start, stop)`` along the first axis of the output.
+        order: 0 nearest (labels, dtype kept) or 1 linear (probabilities, float32).
+    """
+    if order not in (0, 1):
+        raise ValueError(f"resample_rows: order={order}; allowed: 0 (nearest), 1 (linear).")
+    shape = tuple(int(s) for s in shape)
+    start, stop = rows or (0, shape[0])
+    lo, hi, w = _taps(source.shape[0], shape[0], order, start, stop)
+    first = int(lo[0])
+    block = np.asarray(source[first : int(hi[-1]) + 1])
+    if order == 1:
+        block = block.astype(np.float32, copy=False)
+    out = _resize_axis(block, 0, lo - first, hi - first, w)
+    for axis in (1, 2):
+        if source.shape[axis] != shape[axis]:
+            out = _resize_axis(out, axis, *_taps(source.shape[axis], shape[axis], order))
+    return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from fractions import Fraction
 
 import nibabel as nib
 import numpy as np
@@ -193,3 +195,69 @@ def test_write_nifti_checks_grid_and_leaves_no_temp(make_msd, tmp_path):
     with pytest.raises(DataError, match=r"does not match the grid \(9, 11, 7\).*invert"):
         write_nifti(out_dir / "q.nii.gz", np.zeros((11, 9, 7), np.uint8), ref)
     assert not (out_dir / "q.nii.gz").exists()
+
+
+class _RecordsReads:
+    """An array that records the slices of its first axis that are read from it."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.shape, self.reads = array, array.shape, []
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.array[key]
+
+
+# (source shape, output shape): down and up, 4 → 6 with exact nearest ties, one-voxel axes
+RESIZES = [((4, 5, 3), (6, 7, 3)), ((9, 2, 5), (4, 3, 1)), ((1, 3, 2), (3, 2, 4)), ((7, 7, 7),) * 2]
+
+
+@pytest.mark.parametrize(("src_shape", "shape"), RESIZES)
+def test_resample_rows_linear_is_scipy_and_any_slab_is_the_whole(src_shape, shape):
+    from scipy import ndimage
+
+    from segkit.data.preprocess import resample_rows
+
+    source = np.random.default_rng(1).random(src_shape, dtype=np.float32)
+    whole = resample_rows(source, shape, order=1)
+    scale = np.array(src_shape, float) / np.array(shape, float)
+    expected = ndimage.affine_transform(
+        source, scale, offset=0.5 * scale - 0.5, output_shape=shape, order=1, mode="nearest"
+    )
+    assert whole.dtype == np.float32
+    np.testing.assert_allclose(whole, expected, atol=1e-6)
+    np.testing.assert_allclose(whole, _linear_resize(source, shape), atol=1e-6)
+    n_in, n_out = src_shape[0], shape[0]
+    for start in range(n_out):
+        for stop in range(start + 1, n_out + 1):
+            rec = _RecordsReads(source)
+            np.testing.assert_array_equal(
+                resample_rows(rec, shape, (start, stop), order=1), whole[start:stop]
+            )
+            # read: the rows the slab's first and last voxel centres lie between, and no more
+            x = [Fraction((2 * o + 1) * n_in - n_out, 2 * n_out) for o in (start, stop - 1)]
+            first = min(max(math.floor(x[0]), 0), n_in - 1)
+            last = min(max(math.floor(x[1]), 0) + 1, n_in - 1)
+            assert rec.reads == [slice(first, last + 1)]
+
+
+@pytest.mark.parametrize(("src_shape", "shape"), RESIZES)
+def test_resample_rows_nearest_copies_the_nearest_voxel_and_any_slab_is_the_whole(src_shape, shape):
+    from segkit.data.preprocess import resample_rows
+
+    source = np.arange(math.prod(src_shape), dtype=np.int32).reshape(src_shape)
+    whole = resample_rows(source, shape, order=0)
+    assert whole.dtype == np.int32 and whole.shape == shape
+    picks = np.unravel_index(whole, src_shape)  # which source voxel each output voxel copies
+    for axis, (n_in, n_out) in enumerate(zip(src_shape, shape, strict=True)):
+        o = np.arange(n_out).reshape([-1 if a == axis else 1 for a in range(3)])
+        i = np.arange(n_in)
+        # the distance between the centres, as fractions of the axis, times 2·n_in·n_out
+        dist = np.abs((2 * picks[axis] + 1) * n_out - (2 * o + 1) * n_in)
+        nearest = np.abs((2 * i[:, None] + 1) * n_out - (2 * np.arange(n_out) + 1) * n_in).min(0)
+        assert (dist == nearest.reshape(o.shape)).all(), axis
+    for start in range(shape[0]):
+        for stop in range(start + 1, shape[0] + 1):
+            np.testing.assert_array_equal(
+                resample_rows(source, shape, (start, stop), order=0), whole[start:stop]
+            )
