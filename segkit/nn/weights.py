@@ -12,7 +12,8 @@ correspondence is read off the segkit network's own modules; every tensor is che
 - what a reference stores twice (DNA's ``all_modules.N`` and ``decoder.encoder.*``, MONAI
   DynUNet's ``skip_layers.*``) is accepted as a copy of a mapped tensor;
 - deep-supervision heads the segkit network does not have are dropped (DNA builds them all
-  "so that we can always load parameters"; MedNeXt also has one at the bottleneck).
+  "so that we can always load parameters"; MedNeXt also has one at the bottleneck);
+- a state dict on the meta device is mapped by names and shapes alone (a structural check).
 
 A state dict carries no strides, activation, norm kind or op order: the network must be built
 with the reference's configuration (what :func:`_require` can see of it is checked).
@@ -259,7 +260,8 @@ def map_monai_dynunet(state: StateDict, net: UNet) -> dict[str, torch.Tensor]:
             cannot show that is not the reference's.
     """
     family = "MONAI DynUNet"
-    _require(net, family, stem="none", downsample="conv", skip_merge="concat", shortcut="conv")
+    residual = {"shortcut": "conv"} if net.spec.encoder_block[0] == "residual" else {}
+    _require(net, family, stem="none", downsample="conv", skip_merge="concat", **residual)
     links = _Links(net)
     depth = net.spec.depth
     top = depth - 2
@@ -455,7 +457,7 @@ def _left_over(state: StateDict, used: set[str]) -> list[str]:
     rest = [key for key in state if key not in used]
     if not rest:
         return []
-    storage = {_storage_id(state[k]) for k in used}
+    storage = {_storage_id(state[k]) for k in used} - {None}
     by_print: dict[tuple, list[str]] = {}
     for k in used:
         by_print.setdefault(_fingerprint(k, state[k]), []).append(k)
@@ -465,17 +467,22 @@ def _left_over(state: StateDict, used: set[str]) -> list[str]:
         if _storage_id(t) in storage:
             continue
         twins = by_print.get(_fingerprint(key, t), [])
+        if t.is_meta and twins:  # no values to compare (a structural check): name and shape
+            continue
         if not any(torch.equal(t, state[k]) for k in twins):
             left.append(key)
     return left
 
 
-def _storage_id(t: torch.Tensor) -> tuple:
+def _storage_id(t: torch.Tensor) -> tuple | None:
+    if t.is_meta:
+        return None
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
 
 
 def _fingerprint(key: str, t: torch.Tensor) -> tuple:
-    return (key.rsplit(".", 1)[-1], tuple(t.shape), float(t.double().sum()) if t.numel() else 0.0)
+    total = float(t.double().sum()) if t.numel() and not t.is_meta else 0.0
+    return (key.rsplit(".", 1)[-1], tuple(t.shape), total)
 
 
 __all__ = [

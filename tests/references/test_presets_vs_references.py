@@ -1,14 +1,16 @@
 """segkit's presets against the reference implementations, built live in the same process:
-nnU-Net's ResEnc-L (dynamic-network-architectures 0.4.4 ``ResidualEncoderUNet``, built from an
-``nnUNetResEncUNetLPlans`` architecture entry the way nnU-Net builds it) and MedNeXt S/B/M/L
+nnU-Net's 3d_fullres network and ResEnc-L (dynamic-network-architectures 0.4.4 ``PlainConvUNet``
+and ``ResidualEncoderUNet``, built from ``nnUNetPlans``/``nnUNetResEncUNetLPlans`` architecture
+entries the way nnU-Net builds them) and MedNeXt S/B/M/L
 (MONAI 1.6.1 ``create_mednext``). ``make test`` installs both (pyproject's dev extra holds
 monai, the Makefile's install step adds DNA and einops with ``--no-deps``), so a missing
 reference fails here instead of skipping.
 
 Compared: the parameter count, the multiset of parameter shapes (so two errors cannot cancel
 in the sum) and the output shapes on an input both accept, on the meta device (shapes only,
-no allocation: the whole file runs in a few seconds). The values, with the reference's weights
-copied in: test_forward_values.py."""
+no allocation: the whole file runs in a few seconds), and that the weight mapping
+(:mod:`segkit.nn.weights`) places every tensor of the full-width networks. The values, with the
+reference's weights copied in: test_forward_values.py."""
 
 from __future__ import annotations
 
@@ -21,14 +23,27 @@ from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
 from monai.networks.nets.mednext import create_mednext
 from torch import nn
 
+from segkit.nn.weights import (
+    map_dna_plain_conv_unet,
+    map_dna_residual_encoder_unet,
+    map_monai_mednext,
+)
 from tests.planner.conftest import DATA
-from tests.references import CLASSES, n_params, network_from_plans, param_shapes, segkit_net
+from tests.references import (
+    CLASSES,
+    n_params,
+    network_from_plans,
+    param_shapes,
+    plans_architecture,
+    segkit_net,
+)
 
 # The values the references gave when these tests were written (DNA 0.4.4 with every deep
 # supervision head, which it always builds; MONAI 1.6.1 with deep supervision off). The live
 # reference is the evidence; these only make a change of the pinned reference versions loud.
 PINNED_PARAMS = {
     "resenc": 102_350_575,
+    "nnunet_default": 31_196_399,
     ("S", 3): 5_550_947,
     ("B", 3): 10_510_883,
     ("M", 3): 17_533_539,
@@ -78,11 +93,24 @@ def test_resenc_preset_is_nnunets_resenc_l_network():
         seg = segkit_net("resenc", "model.deep_supervision=true")
     assert n_params(seg) == n_params(ref) == PINNED_PARAMS["resenc"]
     assert param_shapes(seg) == param_shapes(ref)
+    # every tensor of the full-width network has its place (names and shapes, on meta)
+    assert map_dna_residual_encoder_unet(ref.state_dict(), seg).keys() == seg.state_dict().keys()
     # training mode, deep supervision: one head per decoder level, largest first, on both.
     # 64³: DNA needs a multiple of 32, and instance norm more than one voxel at the bottleneck
     size = (64, 64, 64)
     assert out_shapes(seg.train(), size) == out_shapes(ref.train(), size)
     assert out_shapes(seg, size)[0] == (1, CLASSES, *size)
+
+
+def test_nnunet_default_preset_is_nnunets_plain_conv_unet():
+    with torch.device("meta"):
+        seg = segkit_net("nnunet_default")
+        arch = plans_architecture("nnUNetPlans.json", "3d_fullres", seg.spec)
+        ref = network_from_plans(arch, 1, CLASSES)
+    assert seg.spec.channels == (32, 64, 128, 256, 320, 320)
+    assert n_params(seg) == n_params(ref) == PINNED_PARAMS["nnunet_default"]
+    assert param_shapes(seg) == param_shapes(ref)
+    assert map_dna_plain_conv_unet(ref.state_dict(), seg).keys() == seg.state_dict().keys()
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # raised inside MONAI 1.6
@@ -99,5 +127,6 @@ def test_mednext_presets_are_monais_create_mednext(variant, kernel):
         )
     assert n_params(seg) == n_params(ref) == PINNED_PARAMS[(variant, kernel)]
     assert param_shapes(seg) == param_shapes(ref)
+    assert map_monai_mednext(ref.state_dict(), seg).keys() == seg.state_dict().keys()
     size = (32, 32, 32)  # MONAI's MedNeXt needs a multiple of 16
     assert out_shapes(seg.eval(), size) == out_shapes(ref.eval(), size) == [(1, CLASSES, *size)]
