@@ -20,7 +20,7 @@ from segkit.data.layouts import DatasetInfo, read_dataset_info
 from segkit.data.preprocess import Preprocessor
 from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset, _check_patch_size
 from segkit.errors import ConfigError, DataError
-from segkit.fsio import save_json_atomic
+from segkit.fsio import file_lock, save_json_atomic
 
 _SPLIT_SEED = 12345  # fixed so that changing the training seed keeps the folds
 
@@ -248,7 +248,13 @@ class SegDataModule(pl.LightningDataModule):
             self._prepared = self._preprocess()
             self._preprocessor = self._prepared.preprocessor
         path = self._prepared.cache_dir / "splits.json"
-        splits = load_or_make_splits(path, self._prepared.case_ids, num_folds=self.num_folds)
+        # under the cache's lock: a process filling the cache removes temporaries it finds
+        # there as a dead run's, so writing splits.json beside it must wait for it
+        with file_lock(
+            self._prepared.cache_dir / ".lock",
+            waiting="waiting for another process filling the cache to write splits.json",
+        ):
+            splits = load_or_make_splits(path, self._prepared.case_ids, num_folds=self.num_folds)
         self.train_ids = list(splits[self.fold]["train"])
         self.val_ids = list(splits[self.fold]["val"])[: self.val_max_cases]
 
