@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from segkit.data.cache import open_case
+from segkit.defaults import SLICE_AXIS
 from segkit.errors import ConfigError
 
 _MAX_OPEN_CASES = 128  # each memmap holds a file descriptor
@@ -89,7 +90,7 @@ class PatchDataset(Dataset):
         num_samples: int,
         oversample_foreground: float = 0.33,
         seed: int = 0,
-        slice_axis: int = 2,
+        slice_axis: int = SLICE_AXIS,
         ignore_label: int | None = None,
         regions: Sequence[Sequence[int]] | None = None,
     ) -> None:

@@ -16,7 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segkit.config import check_data_choice, composition, plan_network
-from segkit.defaults import CALIBRATION_OVERLAPS, DEFAULT_OVERLAP
+from segkit.defaults import (
+    CALIBRATION_OVERLAPS,
+    CALIBRATION_TOLERANCE,
+    CALIBRATION_WINDOW_SCALES,
+    DEFAULT_OVERLAP,
+    SLICE_AXIS,
+)
 from segkit.errors import ConfigError, SegkitError
 from segkit.fsio import save_json_atomic
 from segkit.plan import Plan
@@ -117,7 +123,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         preprocessor=dm.preprocessor.to_dict(),
         compile=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", False)),
-        slice_axis=int(getattr(dm, "slice_axis", 2)),
+        slice_axis=int(getattr(dm, "slice_axis", SLICE_AXIS)),
         ignore_label=info.ignore_label,
         regions=[r.to_dict() for r in info.regions] or None,
         output_head=info.output_head,
@@ -248,8 +254,8 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
                 patch_size=module.hparams.patch_size,
                 slice_axis=module.hparams.slice_axis,
                 overlaps=list(opts.get("overlaps", CALIBRATION_OVERLAPS)),
-                window_scales=list(opts.get("window_scales", (1.0, 1.5))),
-                tolerance=float(opts.get("tolerance", 0.005)),
+                window_scales=list(opts.get("window_scales", CALIBRATION_WINDOW_SCALES)),
+                tolerance=float(opts.get("tolerance", CALIBRATION_TOLERANCE)),
             )
             print(f"\ninference settings measured on the validation fold ({path.name}):")
             print(found.table(), flush=True)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from segkit.data.preprocess import Preprocessor
+from segkit.defaults import SLICE_AXIS
 from segkit.errors import ConfigError, SegkitError
 from segkit.inference.engine.outputs import SOFTMAX, OutputHead
 from segkit.nn import UNet
@@ -65,7 +66,7 @@ class LoadedModel:
     label_names: dict[int, str]
     preprocessor: Preprocessor | None
     path: Path
-    slice_axis: int = 2
+    slice_axis: int = SLICE_AXIS
     calibration: dict[str, Any] | None = None
     head: OutputHead = SOFTMAX
     region_names: tuple[str, ...] = ()
@@ -206,7 +207,7 @@ def load_model(
         label_names={int(k): str(v) for k, v in names.items()},
         preprocessor=preprocessor,
         path=path,
-        slice_axis=int(hp.get("slice_axis", 2)),
+        slice_axis=int(hp.get("slice_axis", SLICE_AXIS)),
         calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
         head=_head(path, hp.get("output_head")),
         region_names=tuple(
