@@ -1,7 +1,7 @@
 """How far a whole-volume pass of a batch-norm U-Net is from the sliding window's answer.
 
 With batch norm in eval mode every window and the whole volume see the same running
-statistics, so ``auto`` may run the whole volume (``segkit.inference.engine.decide``).
+statistics, so ``auto`` may run the whole volume (``segkit.inference.engine.settings.decide``).
 The answers are still not identical: a window sees zero padding at its borders where the
 whole volume sees real voxels, and a window that starts at an offset that is not a
 multiple of the network's total stride samples its coarse levels on another grid. This
@@ -30,13 +30,17 @@ import platform
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from segkit.defaults import DEFAULT_OVERLAP
-from segkit.inference.engine import extent_dependence, sliding_window, whole_volume
-from segkit.nn import UNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segkit.defaults import DEFAULT_OVERLAP  # noqa: E402
+from segkit.inference.engine.extent import extent_dependence  # noqa: E402
+from segkit.nn import UNet  # noqa: E402
+from tests.inference.engine_logits import engine_logits  # noqa: E402
 
 SIZES = ("64x64x48", "72x56x40", "65x63x47", "81x77x53", "97x71x59")
 
@@ -139,8 +143,8 @@ def main() -> None:
     for text in args.sizes:
         size = tuple(int(v) for v in text.lower().split("x"))
         x = _volume(size, gen)
-        whole = whole_volume(net, x)
-        sliding = sliding_window(net, x, patch, overlap=args.overlap)
+        whole = engine_logits(net, x, patch, mode="whole")
+        sliding = engine_logits(net, x, patch, mode="sliding", overlap=args.overlap)
         diff = (whole - sliding).abs()
         dprob = (whole.softmax(1) - sliding.softmax(1)).abs().max().item()
         same = whole.argmax(1) == sliding.argmax(1)

@@ -28,18 +28,23 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from segkit.data.io import read_nifti
-from segkit.data.layouts import read_dataset
-from segkit.inference.engine import InferenceSettings, gaussian_importance, infer
-from segkit.inference.metrics.dice import case_dice, mean_dice
-from segkit.inference.predict.checkpoint import load_model
-from segkit.table import format_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segkit.data.io import read_nifti  # noqa: E402
+from segkit.data.layouts import read_dataset  # noqa: E402
+from segkit.inference.engine.settings import InferenceSettings  # noqa: E402
+from segkit.inference.engine.windows import SIGMA_SCALE, importance_map  # noqa: E402
+from segkit.inference.metrics.dice import case_dice, mean_dice  # noqa: E402
+from segkit.inference.predict.checkpoint import load_model  # noqa: E402
+from segkit.table import format_table  # noqa: E402
+from tests.inference.engine_logits import engine_logits  # noqa: E402
 
 
 def _newest_run() -> Path:
@@ -109,16 +114,22 @@ def main() -> None:
 
     def run_variant(variant, x: torch.Tensor) -> torch.Tensor:
         if isinstance(variant, InferenceSettings):
-            logits, _ = infer(net, x, patch_size=patch, settings=variant)
-            return logits
+            return engine_logits(net, x, patch, variant)
         kind, overlap = variant
         weights = {}
         if kind == "monai-map":  # isolates the window loop from the choice of Gaussian
-            weights["roi_weight_map"] = gaussian_importance(patch)
+            weights["roi_weight_map"] = importance_map(x.shape[2:], patch, overlap)
 
         with torch.inference_mode():
             return sliding_window_inference(
-                x, patch, bs, net, overlap=overlap, mode="gaussian", sigma_scale=0.125, **weights
+                x,
+                patch,
+                bs,
+                net,
+                overlap=overlap,
+                mode="gaussian",
+                sigma_scale=SIGMA_SCALE,
+                **weights,
             )
 
     seconds = {v: [] for v in variants}

@@ -19,14 +19,19 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from segkit.defaults import DEFAULT_OVERLAP
-from segkit.inference.engine import gaussian_importance, sliding_window, whole_volume
-from segkit.nn import UNet
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segkit.defaults import DEFAULT_OVERLAP  # noqa: E402
+from segkit.inference.engine.windows import importance_map  # noqa: E402
+from segkit.nn import UNet  # noqa: E402
+from tests.inference.engine_logits import engine_logits  # noqa: E402
 
 
 def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
@@ -73,17 +78,13 @@ def main() -> None:
     net.to(args.device)
     x = torch.randn(1, 1, *args.size, device=args.device)
     window = tuple(args.window)
-    weight = gaussian_importance(window, device=args.device)
-    kw = {"overlap": args.overlap}
+    weight = importance_map(args.size, window, args.overlap).to(args.device)
+    kw = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size}
 
     variants: dict[str, Callable[[], torch.Tensor]] = {
-        "segkit sliding": lambda: sliding_window(
-            net, x, window, sw_batch_size=args.sw_batch_size, **kw
-        ),
-        "segkit sliding, channels-last": lambda: sliding_window(
-            net, x, window, sw_batch_size=args.sw_batch_size, channels_last=True, **kw
-        ),
-        "segkit whole volume": lambda: whole_volume(net, x),
+        # the engine's tiles assembled into the volume's logits (what MONAI returns)
+        "segkit sliding": lambda: engine_logits(net, x, window, mode="sliding", **kw),
+        "segkit whole volume": lambda: engine_logits(net, x, window, mode="whole", **kw),
     }
     if sliding_window_inference is not None:
 

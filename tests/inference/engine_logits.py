@@ -32,7 +32,7 @@ def engine_logits(
     k = net.spec.out_channels
     out = []
     for v in x.split(1):
-        logits = torch.full((k, *v.shape[2:]), float("nan"))
+        logits = torch.full((k, *v.shape[2:]), float("nan"), device=v.device)
 
         def keep(box, tile, logits=logits):
             logits[(slice(None), *box)] = tile
