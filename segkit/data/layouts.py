@@ -147,6 +147,8 @@ def load_dataset_json(root: Path) -> dict[str, Any]:
     path = dataset_json_path(root)
     try:
         meta = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys(path))
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err}). Fix: make it readable.") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: invalid JSON ({err}). Fix: repair the file.") from err
     if not isinstance(meta, dict):
@@ -390,6 +392,49 @@ def _nnunet_cases(
     return training, test
 
 
+@dataclass(frozen=True)
+class DatasetLabels:
+    """What the label values of a ``dataset.json`` mean (see `DatasetInfo`).
+
+    Attributes:
+        names: label value → name (for regions: the region writing the value).
+        ignore_label: the value of unannotated voxels, None without one.
+        regions: the regions in output-channel order; empty without regions.
+        regions_class_order: the label value each region writes; empty without regions.
+    """
+
+    names: dict[int, str]
+    ignore_label: int | None = None
+    regions: tuple[Region, ...] = ()
+    regions_class_order: tuple[int, ...] = ()
+
+
+def _labels(meta: dict[str, Any], layout: str, *, path: Path) -> DatasetLabels:
+    if layout == NNUNET and has_regions(meta.get("labels")):
+        regions, order, names = parse_regions(meta, path=path)
+        return DatasetLabels(names, regions=regions, regions_class_order=order)
+    if ORDER_KEY in meta:
+        raise DataError(
+            f"{path}: '{ORDER_KEY}' is given but no label maps to a list of values, so "
+            "there are no regions to order (regions need the nnU-Net v2 layout, "
+            '"channel_names" and e.g. "whole_tumor": [1, 2, 3]). Fix: remove '
+            f"'{ORDER_KEY}', or declare the regions in 'labels'."
+        )
+    ignore_label = _split_ignore(meta, layout, path=path)
+    return DatasetLabels(_label_names(meta, layout, path=path), ignore_label)
+
+
+def read_labels(root: Path) -> DatasetLabels:
+    """The labels of ``root/dataset.json`` alone (no case is listed, no file looked for).
+
+    Raises:
+        DataError: dataset.json missing, unreadable, or with invalid labels (names it).
+    """
+    meta = load_dataset_json(root)
+    path = Path(root) / "dataset.json"
+    return _labels(meta, detect_layout(meta, path=path), path=path)
+
+
 def read_dataset(root: Path) -> Dataset:
     """Parses a dataset directory in either layout.
 
@@ -412,21 +457,7 @@ def read_dataset(root: Path) -> Dataset:
         key="modality" if layout == MSD else "channel_names",
         path=path,
     )
-    regions: tuple[Region, ...] = ()
-    order: tuple[int, ...] = ()
-    if layout == NNUNET and has_regions(meta.get("labels")):
-        ignore_label = None
-        regions, order, label_names = parse_regions(meta, path=path)
-    else:
-        if ORDER_KEY in meta:
-            raise DataError(
-                f"{path}: '{ORDER_KEY}' is given but no label maps to a list of values, so "
-                "there are no regions to order (regions need the nnU-Net v2 layout, "
-                '"channel_names" and e.g. "whole_tumor": [1, 2, 3]). Fix: remove '
-                f"'{ORDER_KEY}', or declare the regions in 'labels'."
-            )
-        ignore_label = _split_ignore(meta, layout, path=path)
-        label_names = _label_names(meta, layout, path=path)
+    labels = _labels(meta, layout, path=path)
     if layout == MSD:
         training, test = _msd_cases(meta, root, path=path)
     else:
@@ -442,14 +473,14 @@ def read_dataset(root: Path) -> Dataset:
                 )
     info = DatasetInfo(
         num_channels=len(channel_names),
-        num_classes=len(label_names),
-        label_names=label_names,
+        num_classes=len(labels.names),
+        label_names=labels.names,
         channel_names=channel_names,
         layout=layout,
         num_training=len(training),
-        ignore_label=ignore_label,
-        regions=regions,
-        regions_class_order=order,
+        ignore_label=labels.ignore_label,
+        regions=labels.regions,
+        regions_class_order=labels.regions_class_order,
     )
     return Dataset(root=root, info=info, training=tuple(training), test=tuple(test))
 

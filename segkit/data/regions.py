@@ -5,7 +5,7 @@ In ``dataset.json`` a label mapped to a *list* of label values is a region, e.g.
 "enhancing_tumor": [3]}`` with ``"regions_class_order": [1, 2, 3]``. The network has one
 sigmoid output per region, in the order the regions are listed; a label map is written
 back region by region, ``regions_class_order[i]`` wherever region ``i`` is predicted,
-later regions overwriting earlier ones (:class:`segkit.inference.outputs.OutputHead`).
+later regions overwriting earlier ones (:class:`segkit.inference.engine.outputs.OutputHead`).
 
 That label map is faithful (turning it into region masks gives back the masks it was
 written from, and a reference label map survives the round trip unchanged) exactly when
@@ -14,8 +14,7 @@ the checks of :func:`parse_regions` hold: the regions' values are ``1..K`` witho
 and each value is written by the last region that holds it.
 
 Scores: a region's Dice counts its masks, which are unions of label values, so it is
-read off the label-value confusion matrix (:func:`confusion`, :func:`region_dice`) —
-validation (torch) and ``segkit evaluate`` (numpy) count the same integers.
+read off the label-value confusion counts, as a class's is (:mod:`segkit.inference.metrics.dice`).
 """
 
 from __future__ import annotations

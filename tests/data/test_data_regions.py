@@ -1,10 +1,9 @@
-"""Region-based labels: dataset.json parsing and its errors, conversions, region Dice,
-region sampling and the BraTS-like demo."""
+"""Region-based labels: dataset.json parsing and its errors, conversions, region sampling
+and the BraTS-like demo (region Dice: tests/inference/test_dice.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from segkit import ConfigError, DataError
 from segkit.data import read_dataset_info
 from segkit.data.demo import make_demo
-from segkit.data.regions import Region, case_region_dice, confusion, region_dice, region_masks
+from segkit.data.regions import Region, region_masks
 
 BRATS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing": [3]}
 
@@ -182,24 +181,6 @@ def test_region_masks_match_monai_brats_conversion():
     assert torch.equal(
         as_torch, ConvertToMultiChannelBasedOnBratsClasses(4)(torch.from_numpy(label))
     )
-
-
-def test_region_dice_by_hand_and_numpy_torch_agree():
-    regions = [Region("whole", (1, 2, 3)), Region("core", (2, 3)), Region("enh", (3,))]
-    ref = np.array([0, 1, 1, 2, 2, 3, 3, 3, 0, 0])
-    pred = np.array([1, 1, 2, 2, 3, 3, 0, 3, 0, 0])
-    # whole: P = {0..5, 7} (7), R = {1..7} (7), P∩R = {1,2,3,4,5,7} (6) → 12/14
-    # core: P = {2,3,4,5,7} (5), R = {3..7} (5), P∩R = {3,4,5,7} (4) → 8/10
-    # enh:  P = {4,5,7} (3), R = {5,6,7} (3), P∩R = {5,7} (2) → 4/6
-    expected = [12 / 14, 8 / 10, 4 / 6]
-    assert case_region_dice(pred, ref, regions) == expected
-    assert case_region_dice(torch.from_numpy(pred), torch.from_numpy(ref), regions) == expected
-    counts = confusion(pred, ref, 4)
-    assert np.array_equal(counts, confusion(torch.from_numpy(pred), torch.from_numpy(ref), 4))
-    assert counts.sum() == 10 and counts[3, 3] == 2
-    # a region in neither map is NaN (left out of means), in one only 0
-    empty = region_dice(confusion(np.zeros(4, int), np.array([0, 1, 1, 0]), 4), regions)
-    assert empty[0] == 0 and math.isnan(empty[1]) and math.isnan(empty[2])
 
 
 def test_region_sampling_draws_a_region_then_a_voxel_of_it(tmp_path):

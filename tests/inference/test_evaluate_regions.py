@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
+from segkit.cli import main
 from segkit.inference.metrics.evaluate import evaluate, summary, summary_rows
 
 REGIONS = {"whole": (1, 2, 3), "core": (2, 3), "enh": (3,)}
@@ -112,3 +114,36 @@ def test_plain_datasets_have_no_region_entries(tmp_path):
     assert all(s.regions == () for s in scores)
     out = summary(scores, nsd_tolerance=1.0)
     assert "region_mean" not in out and "region_metrics" not in out["metric_per_case"][0]
+
+
+def test_only_the_labels_of_the_dataset_json_are_needed(tmp_path):
+    root, _, _ = _dataset(tmp_path)
+    shutil.rmtree(root / "imagesTr")  # a dataset with its images elsewhere
+    scores = evaluate(pred=root / "pred", labels=root / "labelsTr")
+    assert [r[0] for r in scores[0].regions] == list(REGIONS)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda text: text[:-1], "invalid JSON"),
+        (
+            lambda text: text.replace(
+                '"regions_class_order": [1, 2, 3]', '"regions_class_order": [1, 2]'
+            ),
+            "'regions_class_order' has 2 entries for 3 regions",
+        ),
+    ],
+    ids=["truncated", "invalid-regions"],
+)
+def test_an_unusable_dataset_json_beside_the_labels_stops_evaluate(tmp_path, capsys, edit, problem):
+    """Not scored as plain labels: the file and what is wrong with it, in one line."""
+    root, _, _ = _dataset(tmp_path)
+    path = root / "dataset.json"
+    path.write_text(edit(path.read_text()))
+    assert main(["evaluate", f"pred={root / 'pred'}", f"labels={root / 'labelsTr'}"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith(f"segkit evaluate: error: labels={root / 'labelsTr'}: the dataset.json")
+    assert f"{path}: " in line and problem in line and "Fix: " in line
+    assert captured.out == "" and not (root / "pred" / "summary.json").exists()

@@ -1,11 +1,10 @@
 """Dice, HD95 and normalised surface Dice of predicted label maps, per case and class.
 
-Dice is validation's (`segkit.inference.metrics.dice.case_dice`'s arithmetic, counted in
-each class's bounding box). HD95 and NSD come from `segkit.inference.metrics.surface`, in
-millimetres of the label header's voxel spacing (anisotropic spacing included), each
-in the convention of its usual reference: HD95
-as MONAI's ``compute_hausdorff_distance(percentile=95)`` (voxel surfaces, the larger
-directed 95th percentile), NSD as DeepMind's ``surface-distance``
+Dice is validation's: read off the case's confusion counts (`segkit.inference.metrics.dice`).
+HD95 and NSD come from `segkit.inference.metrics.surface`, in millimetres of the label
+header's voxel spacing (anisotropic spacing included), each in the convention of its usual
+reference: HD95 as MONAI's ``compute_hausdorff_distance(percentile=95)`` (voxel surfaces,
+the larger directed 95th percentile), NSD as DeepMind's ``surface-distance``
 ``compute_surface_dice_at_tolerance`` (area-weighted marching-cubes surface elements;
 MONAI's ``compute_surface_dice(use_subvoxels=True)``). Tests check all three against
 those libraries and against closed forms.
@@ -22,10 +21,10 @@ class the mean over cases, then the mean over classes (NaN left out).
 ``mean`` per label, ``foreground_mean``), with NaN written as ``null``.
 
 Region datasets (``dataset.json`` labels mapped to lists of values, BraTS) are scored per
-region as well: both label maps are turned into region masks (`segkit.data.regions`), so
-the region Dice is validation's to the last bit; ``summary.json`` then holds
-``region_metrics`` per case, ``region_mean`` and ``region_foreground_mean`` beside the
-labels' entries.
+region as well (`segkit.data.regions`): a region's Dice is read off the same confusion
+counts as the labels' (validation's to the last bit), its HD95 and NSD off the region masks
+of both maps; ``summary.json`` then holds ``region_metrics`` per case, ``region_mean`` and
+``region_foreground_mean`` beside the labels' entries.
 """
 
 from __future__ import annotations
@@ -42,10 +41,11 @@ import torch
 from scipy import ndimage
 
 from segkit.data.io import NIFTI_SUFFIXES, read_nifti, strip_nifti_suffix
-from segkit.data.regions import Region, confusion, region_dice
+from segkit.data.layouts import DatasetLabels, read_labels
+from segkit.data.regions import Region
 from segkit.errors import ConfigError, DataError
 from segkit.fsio import atomic_path, save_json_atomic
-from segkit.inference.metrics.dice import mean_dice
+from segkit.inference.metrics.dice import confusion, mean_dice, set_dice
 from segkit.inference.metrics.surface import (
     crop_to_union,
     hd95_of_surfaces,
@@ -148,50 +148,44 @@ def score_case(
     """Dice, HD95 and NSD for classes ``1..K-1`` of two integer label maps.
 
     Reference voxels equal to ``ignore_label`` (unannotated) count for nothing: they are
-    removed from both maps before Dice is counted, and where a case has any, HD95 and NSD
-    are NaN (a surface is not known where the annotation stops).
+    left out of the Dice counts, and where a case has any, HD95 and NSD are NaN (a surface
+    is not known where the annotation stops).
 
-    Each class is cropped to the bounding box of its prediction and reference before
-    anything is counted, so a small structure in a large volume costs what its box costs.
-    Dice is `scoring.case_dice`'s (validation's) arithmetic on the same counts, so the
-    two agree to the last bit.
+    Dice is read off the case's confusion counts (`segkit.inference.metrics.dice`:
+    validation's arithmetic, so the two agree to the last bit). Surfaces are computed in the
+    bounding box of each class's prediction and reference, so a small structure in a large
+    volume costs what its box costs.
 
     With ``regions`` (``region_labels``: the label value each writes, dataset.json
-    ``regions_class_order``), each region's masks of both maps are scored too.
+    ``regions_class_order``), each region's masks of both maps are scored too, their Dice
+    read off the same counts.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction {pred.shape} and reference {ref.shape} differ")
     tol = nsd_tolerances(nsd_tolerance, num_classes)
-    sparse = False
-    if ignore_label is not None:
-        keep = ref != ignore_label
-        sparse = not bool(keep.all())
-        if sparse:
-            pred, ref = pred * keep, ref * keep
-    boxes = [ndimage.find_objects(a, max_label=num_classes - 1) for a in (pred, ref)]
-    dice, hd, nsd = [], [], []
-    for c in range(1, num_classes):
-        found = [b[c - 1] for b in boxes if b[c - 1] is not None]
-        if not found:
-            dice.append(math.nan)
-            hd.append(math.nan)
-            nsd.append(math.nan)
-            continue
-        box = tuple(
-            slice(min(s[a].start for s in found), max(s[a].stop for s in found))
-            for a in range(pred.ndim)
-        )
-        p, r = pred[box] == c, ref[box] == c
-        total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
-        dice.append(2 * int(np.count_nonzero(p & r)) / total)
-        if sparse:
-            hd.append(math.nan)
-            nsd.append(math.nan)
-            continue
-        s = surface_scores(p, r, spacing, tol[c - 1])
-        hd.append(s.hd95)
-        nsd.append(s.nsd)
-    found = _region_scores(pred, ref, regions, spacing, tol, region_labels) if regions else ()
+    sparse = ignore_label is not None and bool((ref == ignore_label).any())
+    tops = [int(pred.max(initial=0)), int(ref.max(initial=0)), num_classes - 1]
+    counts = confusion(
+        pred, ref, 1 + max(tops + [max(r.labels) for r in regions]), ignore_label=ignore_label
+    )
+    dice = set_dice(counts, [(c,) for c in range(1, num_classes)]).tolist()
+    hd, nsd = [math.nan] * len(dice), [math.nan] * len(dice)
+    if not sparse:
+        boxes = [ndimage.find_objects(a, max_label=num_classes - 1) for a in (pred, ref)]
+        for c in range(1, num_classes):
+            found = [b[c - 1] for b in boxes if b[c - 1] is not None]
+            if not found:
+                continue
+            box = tuple(
+                slice(min(s[a].start for s in found), max(s[a].stop for s in found))
+                for a in range(pred.ndim)
+            )
+            s = surface_scores(pred[box] == c, ref[box] == c, spacing, tol[c - 1])
+            hd[c - 1], nsd[c - 1] = s.hd95, s.nsd
+    found = ()
+    if regions:
+        region_dice = set_dice(counts, [r.labels for r in regions]).tolist()
+        found = _region_scores(pred, ref, regions, region_dice, spacing, tol, region_labels, sparse)
     return CaseScores(case_id, tuple(dice), tuple(hd), tuple(nsd), missing, regions=found)
 
 
@@ -199,18 +193,19 @@ def _region_scores(
     pred: np.ndarray,
     ref: np.ndarray,
     regions: Sequence[Region],
+    dice: Sequence[float],
     spacing: Sequence[float],
     tol: Sequence[float],
     region_labels: Sequence[int] | None,
+    sparse: bool,
 ) -> tuple[tuple[str, float, float, float], ...]:
-    """Dice (validation's counts), HD95 and NSD of each region's masks. The NSD tolerance
-    of a region is that of the label value it writes (``region_labels``), else the first."""
-    values = 1 + max([int(pred.max()), int(ref.max())] + [max(r.labels) for r in regions])
-    dice = region_dice(confusion(pred, ref, values), regions)
+    """HD95 and NSD of each region's masks beside its Dice (NaN where the region is in
+    neither map, or on a sparse case). The NSD tolerance of a region is that of the label
+    value it writes (``region_labels``), else the first."""
     box = ndimage.find_objects(((pred > 0) | (ref > 0)).astype(np.uint8))
     out = []
     for i, (region, d) in enumerate(zip(regions, dice)):
-        if math.isnan(d) or not box:
+        if math.isnan(d) or not box or sparse:
             out.append((region.name, d, math.nan, math.nan))
             continue
         p, r = np.isin(pred[box[0]], region.labels), np.isin(ref[box[0]], region.labels)
@@ -220,16 +215,23 @@ def _region_scores(
     return tuple(out)
 
 
-def _dataset_info(labels: Path) -> Any:
-    """The `DatasetInfo` of the dataset whose ``labelsTr``/``labelsTs`` folder this is."""
+def _dataset_labels(labels: Path) -> DatasetLabels | None:
+    """The labels of the ``dataset.json`` beside a ``labelsTr``/``labelsTs`` folder (None
+    without one).
+
+    Raises:
+        DataError: that dataset.json exists but cannot be read, or its labels are invalid:
+            scoring without its ignore label or regions would score something else.
+    """
     if not (labels.parent / "dataset.json").is_file():
         return None
-    from segkit.data.layouts import read_dataset_info
-
     try:
-        return read_dataset_info(labels.parent)
-    except DataError:  # not a dataset segkit can read: score every voxel, no regions
-        return None
+        return read_labels(labels.parent)
+    except DataError as err:
+        raise DataError(
+            f"labels={labels}: the dataset.json beside it says what the label values mean "
+            f"(ignore label, regions) and cannot be used: {err}"
+        ) from None
 
 
 def _by_case(folder: Path, what: str) -> dict[str, Path]:
@@ -277,6 +279,7 @@ def evaluate(
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE,
     ignore_label: int | None = None,
     regions: Sequence[Region] | None = None,
+    region_labels: Sequence[int] | None = None,
     progress: bool = False,
 ) -> list[CaseScores]:
     """Scores every reference case in ``labels`` against the prediction of the same name.
@@ -294,12 +297,15 @@ def evaluate(
             the ``ignore`` label of the ``dataset.json`` beside ``labels`` when there is one.
         regions: regions to score as well; default: those of the ``dataset.json`` beside
             ``labels`` (a region dataset), else none.
+        region_labels: with ``regions``, the label value each writes (``regions_class_order``;
+            a region's NSD tolerance is that value's); default: the first tolerance.
 
     Returns:
         One `CaseScores` per reference case, in name order, all with the same classes.
 
     Raises:
-        DataError: a prediction without reference, grid mismatch, non-integer labels.
+        DataError: a prediction without reference, grid mismatch, non-integer labels, a
+            ``dataset.json`` beside ``labels`` that cannot be read or has invalid labels.
         ConfigError: a bad ``nsd_tolerance``.
     """
     preds = _by_case(Path(pred), "pred")
@@ -311,13 +317,12 @@ def evaluate(
             "labels= at the folder whose files have the same names (e.g. labelsTr/)."
         )
     nsd_tolerances(nsd_tolerance, 2)  # a bad value fails before any case is read
-    info = _dataset_info(Path(labels))
-    if ignore_label is None and info is not None:
-        ignore_label = info.ignore_label
-    region_labels = None
+    meta = _dataset_labels(Path(labels))
+    if ignore_label is None and meta is not None:
+        ignore_label = meta.ignore_label
     if regions is None:
-        regions = info.regions if info is not None else ()
-        region_labels = info.regions_class_order if regions else None
+        regions = meta.regions if meta is not None else ()
+        region_labels = meta.regions_class_order if regions else None
     items = sorted(refs.items())
     if progress:
         from tqdm.auto import tqdm
