@@ -7,9 +7,10 @@ A CV directory holds:
 - ``oof/``: the out-of-fold predictions, ``{case}.nii.gz`` on each case's original grid
   and ``{case}.npz`` with its class probabilities, each case predicted by the one fold
   that did not train on it, with that fold's best checkpoint (``segkit predict``'s path);
-- ``summary.json``: ``segkit evaluate``'s summary of ``oof/`` (per case, per class,
-  mean) plus a ``crossval`` entry: every fold's status, checkpoint and cases, and which
-  folds are missing or failed (their cases count as failures, as evaluate counts them).
+- ``summary.json``: ``segkit evaluate``'s summary of ``oof/`` (per case, per class and, on
+  a region dataset, per region; means) plus a ``crossval`` entry: every fold's status,
+  checkpoint and cases, which folds are missing or failed (their cases count as failures,
+  as evaluate counts them), the labels and regions scored.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def summarise(
             labels=labels,
             num_classes=dataset.info.num_classes,
             ignore_label=dataset.info.ignore_label,
+            regions=dataset.info.regions,
+            region_labels=dataset.info.regions_class_order,
         )
     result = summary(scores, nsd_tolerance=DEFAULT_NSD_TOLERANCE)
     for entry in result["metric_per_case"]:
@@ -211,6 +214,7 @@ def _crossval_entry(folds: FoldSet, out: Path, ran: dict, *, tta: bool, info: An
         "data_root": str(folds.data_root),
         "label_names": {str(k): v for k, v in info.label_names.items()},
         "ignore_label": info.ignore_label,
+        "regions": [r.to_dict() for r in info.regions],
         "oof_dir": OOF,
         "predict_options": {"mode": "auto", "overlap": None, "window_scale": None, "tta": tta},
         "inference": dict(sorted(ran.items())),

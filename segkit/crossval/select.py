@@ -7,17 +7,19 @@ output head); the best is selected (a tie goes to fewer configurations). On it,
 post-processing is tried in order, ``largest_foreground`` then ``largest_per_class``
 (:mod:`segkit.inference.predict.postprocess`), each kept only where it raises the CV mean Dice.
 
-Dice is validation's and evaluate's (`segkit.inference.metrics.dice`): per class the mean over
-cases, then over classes. The decision (configurations → fold checkpoints,
-post-processing, inference settings, and every number behind it) goes to one
-``decision.json`` (:mod:`segkit.inference.predict.decision`) that ``segkit predict ckpt=DIR``
+Dice is validation's and evaluate's (`segkit.inference.metrics.dice`): per foreground class
+(per region on a region dataset, the label maps turned into regions) the mean over cases,
+then over classes. The decision (configurations → fold checkpoints, post-processing,
+inference settings, and every number behind it) goes to one ``decision.json``
+(:mod:`segkit.inference.predict.decision`, which defines it) that ``segkit predict ckpt=DIR``
 uses as its default.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,18 @@ import numpy as np
 import torch
 
 from segkit.crossval.oof import describe_folds, load_cv
+from segkit.data.regions import Region
 from segkit.errors import ConfigError
-from segkit.fsio import save_json_atomic
-from segkit.inference.predict.decision import DECISION_FILE, FORMAT, relative_to
+from segkit.inference.metrics.dice import case_dice, case_region_dice, mean_dice
+from segkit.inference.predict.decision import (
+    DECISION_FILE,
+    Candidate,
+    Score,
+    Trial,
+    describe_decision,
+    write_decision,
+)
 from segkit.inference.predict.postprocess import STEPS, apply_postprocessing
-from segkit.table import format_table
 
 
 @dataclass(frozen=True)
@@ -119,23 +128,42 @@ def load_configurations(
     return configs
 
 
-def _num_values(config: Configuration) -> int:
-    head = config.models[0].head
-    top = max(head.region_order) if head.is_regions else 0
-    return max(len(config.models[0].label_names), top + 1)
+_Dice = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (seg, ref) → Dice per class or region
 
 
-def _dice(seg: np.ndarray, ref: np.ndarray, k: int, ignore: int | None) -> np.ndarray:
-    from segkit.inference.metrics.dice import case_dice
+def _scoring(config: Configuration) -> tuple[list[str], _Dice]:
+    """The names of the per-case scores and the function computing them: the Dice of each
+    region on a region dataset (the label maps turned into regions, as validation and
+    ``segkit evaluate`` score them), else of each foreground class.
 
-    return case_dice(torch.from_numpy(seg), torch.from_numpy(ref), k, ignore_label=ignore).numpy()
+    Raises:
+        ConfigError: a region model whose CV summary does not record its regions.
+    """
+    cv = config.crossval
+    regions = [Region.from_dict(r) for r in cv.get("regions") or ()]
+    if config.models[0].head.is_regions and not regions:
+        raise ConfigError(
+            f"segkit select: {config.cv_dir / 'summary.json'} has no 'crossval.regions', "
+            "though its checkpoints predict regions: it was summarised before segkit cv "
+            "recorded the regions it scores. Fix: summarise the folds again: segkit cv "
+            f"from=MULTIRUN_DIR out={config.cv_dir}"
+        )
+    k, ignore = len(cv["label_names"]), cv.get("ignore_label")
+
+    def per_region(seg: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        return np.array(case_region_dice(seg, ref, regions))
+
+    def per_class(seg: np.ndarray, ref: np.ndarray) -> np.ndarray:
+        return case_dice(seg, ref, k, ignore_label=ignore).numpy()
+
+    if regions:
+        return [r.name for r in regions], per_region
+    return [cv["label_names"][str(c)] for c in range(1, k)], per_class
 
 
-def _mean(rows: Sequence[np.ndarray]) -> tuple[list[float | None], float]:
-    from segkit.inference.metrics.dice import mean_dice
-
+def _score(rows: Sequence[np.ndarray]) -> Score:
     per_class, mean = mean_dice(torch.from_numpy(np.stack(rows)))
-    return [None if np.isnan(v) else float(v) for v in per_class.tolist()], mean
+    return Score(mean, tuple(None if math.isnan(v) else v for v in per_class.tolist()))
 
 
 class _Case:
@@ -191,33 +219,38 @@ def select(
     configs = load_configurations(cv_dirs, allow_incomplete=allow_incomplete)
     out = Path(out) if out is not None else Path(cv_dirs[0]).resolve().parent / "selection"
     head = configs[0].models[0].head
-    k = _num_values(configs[0])
-    ignore = configs[0].crossval.get("ignore_label")
+    names, dice = _scoring(configs[0])
     cases = sorted(e["case"] for e in configs[0].summary["metric_per_case"])
     candidates = _candidates(len(configs))
     rows: dict[tuple[int, ...], list[np.ndarray]] = {m: [] for m in candidates}
     for case in cases:
         data = _Case(case, configs)
         for m in candidates:
-            rows[m].append(_dice(data.seg(m, head), data.ref, k, ignore))
-    scored = []
+            rows[m].append(dice(data.seg(m, head), data.ref))
+    scores = {m: _score(rows[m]) for m in candidates}
     best = candidates[0]
     for m in candidates:
-        per_class, mean = _mean(rows[m])
-        scored.append({"configurations": [configs[i].name for i in m], "cv_dice": mean,
-                       "cv_dice_per_class": per_class})  # fmt: skip
-        if mean > _mean(rows[best])[1] + 1e-12:
+        if scores[m].mean > scores[best].mean + 1e-12:
             best = m
-    post = _postprocessing(best, cases, configs, head, k, ignore)
-    decision = _decision(configs, best, scored, post, out, allow_incomplete)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json_atomic(out / DECISION_FILE, decision)
+    cv = configs[0].crossval
+    decision = write_decision(
+        out,
+        configurations=[_candidate(c) for c in configs],
+        scores={tuple(configs[i].name for i in m): s for m, s in scores.items()},
+        selected=tuple(configs[i].name for i in best),
+        trials=_postprocessing(best, cases, configs, head, dice),
+        options=cv["predict_options"],
+        score_names=names,
+        label_names=cv["label_names"],
+        num_cases=len(cases),
+        allow_incomplete=allow_incomplete,
+    )
     print(describe_decision(decision))
     print(f"wrote {out / DECISION_FILE} (segkit predict ckpt={out} input=... output=...)")
     return decision
 
 
-def _postprocessing(best, cases, configs, head, k, ignore) -> dict[str, Any]:
+def _postprocessing(best, cases, configs, head, dice) -> list[Trial]:
     """Each step tried after the ones kept before it; kept where it raises the mean."""
     # every ordered subset of the steps: what is kept decides which one the next step follows
     chains = [c for n in range(len(STEPS) + 1) for c in itertools.combinations(STEPS, n)]
@@ -226,123 +259,28 @@ def _postprocessing(best, cases, configs, head, k, ignore) -> dict[str, Any]:
         data = _Case(case, [configs[i] for i in best])
         seg = data.seg(range(len(best)), head)
         for chain in chains:
-            rows[chain].append(_dice(apply_postprocessing(seg, chain), data.ref, k, ignore))
+            rows[chain].append(dice(apply_postprocessing(seg, chain), data.ref))
     kept: tuple[str, ...] = ()
     trials = []
     for step in STEPS:
-        before, after = _mean(rows[kept]), _mean(rows[(*kept, step)])
-        keep = after[1] > before[1]
-        trials.append(
-            {
-                "step": step,
-                "after": list(kept),
-                "cv_dice_without": before[1],
-                "cv_dice_with": after[1],
-                "per_class_without": before[0],
-                "per_class_with": after[0],
-                "kept": keep,
-            }
-        )
-        if keep:
+        before, after = _score(rows[kept]), _score(rows[(*kept, step)])
+        trials.append(Trial(step, kept, before, after, kept=after.mean > before.mean))
+        if trials[-1].kept:
             kept = (*kept, step)
-    final = _mean(rows[kept])
-    return {"steps": list(kept), "trials": trials, "cv_dice": final[1], "per_class": final[0]}
+    return trials
 
 
-def _decision(configs, best, scored, post, out: Path, allow_incomplete: bool) -> dict[str, Any]:
+def _candidate(config: Configuration) -> Candidate:
+    """A configuration with the settings ``segkit predict`` runs each of its checkpoints with."""
     from segkit.inference.predict.run import PredictOptions
 
-    options = configs[0].crossval["predict_options"]
+    options = config.crossval["predict_options"]
     predict_opts = PredictOptions(mode=options["mode"], tta=options["tta"], progress=False)
-    entries = []
-    for c in configs:
-        inference = []
-        for path, model in zip(c.checkpoints, c.models):
-            settings, source = predict_opts.settings(model)
-            inference.append(
-                {
-                    "checkpoint": relative_to(path, out),
-                    "mode": settings.mode,
-                    "overlap": settings.overlap,
-                    "window_scale": settings.window_scale,
-                    "tta": settings.tta,
-                    "source": source,
-                }
-            )
-        entries.append(
-            {
-                "name": c.name,
-                "cv_dir": relative_to(c.cv_dir, out),
-                "folds": list(c.folds),
-                "checkpoints": [relative_to(p, out) for p in c.checkpoints],
-                "missing_or_failed": c.crossval["missing_or_failed"],
-                "cv_dice": next(s["cv_dice"] for s in scored if s["configurations"] == [c.name]),
-                "inference": inference,
-            }
-        )
-    chosen = next(s for s in scored if s["configurations"] == [configs[i].name for i in best])
-    return {
-        "format": FORMAT,
-        "selected": {
-            "configurations": chosen["configurations"],
-            "cv_dice_before_postprocessing": chosen["cv_dice"],
-            "cv_dice": post["cv_dice"],
-            "cv_dice_per_class": post["per_class"],
-        },
-        "postprocessing": {"steps": post["steps"], "trials": post["trials"]},
-        "inference": {**options, "per_checkpoint": "configurations[].inference"},
-        "configurations": entries,
-        "candidates": scored,
-        "label_names": configs[0].crossval["label_names"],
-        "num_cases": len(configs[0].summary["metric_per_case"]),
-        "allow_incomplete": allow_incomplete,
-        "dice": "mean foreground Dice: per class the mean over out-of-fold cases, then over "
-        "classes (segkit evaluate's and validation's); ensembles average the configurations' "
-        "out-of-fold probabilities",
-    }
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None or np.isnan(value) else f"{value:.4f}"
-
-
-def describe_decision(decision: dict[str, Any]) -> str:
-    """Every decision with the CV numbers behind it."""
-    names = list(decision["label_names"].values())[1:]
-    header = ["configuration(s)", "CV mean Dice", *names]
-    rows = [
-        [" + ".join(s["configurations"]), _fmt(s["cv_dice"]), *map(_fmt, s["cv_dice_per_class"])]
-        for s in decision["candidates"]
-    ]
-    chosen = decision["selected"]
-    lines = [
-        f"CV mean foreground Dice of each configuration and ensemble ({decision['num_cases']} "
-        "out-of-fold cases):",
-        format_table(header, rows),
-        f"selected: {' + '.join(chosen['configurations'])} "
-        f"(CV mean Dice {_fmt(chosen['cv_dice_before_postprocessing'])}; the highest"
-        + (", ties going to fewer configurations)" if len(rows) > 1 else ")"),
-        "post-processing, each step tried after those kept:",
-    ]
-    for t in decision["postprocessing"]["trials"]:
-        verdict = "kept (raises" if t["kept"] else "dropped (does not raise"
-        lines.append(
-            f"  {t['step']}: CV mean Dice {_fmt(t['cv_dice_without'])} -> "
-            f"{_fmt(t['cv_dice_with'])}: {verdict} the CV mean Dice); per class "
-            + ", ".join(
-                f"{n} {_fmt(a)} -> {_fmt(b)}"
-                for n, a, b in zip(names, t["per_class_without"], t["per_class_with"])
-            )
-        )
-    steps = ", ".join(decision["postprocessing"]["steps"]) or "none"
-    lines.append(f"post-processing: {steps}; final CV mean Dice {_fmt(chosen['cv_dice'])}")
-    inf = decision["inference"]
-    lines.append(f"inference: mode={inf['mode']} tta={str(inf['tta']).lower()}; per checkpoint:")
-    for c in decision["configurations"]:
-        if c["name"] in chosen["configurations"]:
-            for i in c["inference"]:
-                lines.append(
-                    f"  {i['checkpoint']}: overlap {i['overlap']}, window x{i['window_scale']} "
-                    f"({i['source']})"
-                )
-    return "\n".join(lines)
+    return Candidate(
+        name=config.name,
+        cv_dir=config.cv_dir,
+        folds=config.folds,
+        checkpoints=config.checkpoints,
+        missing_or_failed=tuple(config.crossval["missing_or_failed"]),
+        inference=tuple(predict_opts.settings(model) for model in config.models),
+    )

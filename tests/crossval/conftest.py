@@ -1,4 +1,5 @@
-"""One real 3-fold CV of two configurations on a 6-case demo, shared by the crossval tests.
+"""Real CVs shared by the crossval tests: a 3-fold CV of two configurations on a 6-case
+demo, and a 2-fold CV on the 4-case region demo (BraTS-like, one sigmoid output per region).
 
 Each ``segkit cv`` trains its folds through ``train.py -m`` for two steps each, then
 predicts and scores the out-of-fold cases in this process; ``segkit select`` then decides
@@ -11,6 +12,8 @@ through Hydra's basic launcher (one process, one job after another).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,16 +39,28 @@ def run_segkit(*argv: str) -> int:
     return main([str(a) for a in argv])
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """OMP_NUM_THREADS=1 for the training processes (submitit runs 3 at once)."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+
+
 @pytest.fixture(scope="session")
 def cv_run(tmp_path_factory: pytest.TempPathFactory) -> CVRun:
     from segkit.data.demo import make_demo
 
     base = tmp_path_factory.mktemp("cv")
     make_demo(base / "data" / "demo", num_cases=6, seed=0)
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # the training processes (submitit runs 3 at once)
     cvs = {}
-    try:
+    with one_thread():
         for name, extra in CONFIGS.items():
             out = base / name
             code = run_segkit(
@@ -54,11 +69,25 @@ def cv_run(tmp_path_factory: pytest.TempPathFactory) -> CVRun:
             )  # fmt: skip
             assert code == 0
             cvs[name] = out
-    finally:
-        if threads is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = threads
     selection = base / "selection"
     assert run_segkit("select", *cvs.values(), f"out={selection}") == 0
     return CVRun(base / "data", base / "data" / "demo", cvs, selection)
+
+
+@pytest.fixture(scope="session")
+def region_cv(tmp_path_factory: pytest.TempPathFactory) -> CVRun:
+    """A 2-fold CV of one configuration on the region demo, and its selection."""
+    from segkit.data.demo import make_demo
+
+    base = tmp_path_factory.mktemp("cv_regions")
+    make_demo(base / "data" / "demo_regions", num_cases=4, seed=0, regions=True)
+    out = base / "regions"
+    with one_thread():
+        code = run_segkit(
+            "cv", "folds=2", f"out={out}", "device=cpu", "data=demo_regions", *TINY,
+            f"paths.data_dir={base / 'data'}",
+        )  # fmt: skip
+    assert code == 0
+    selection = base / "selection"
+    assert run_segkit("select", out, f"out={selection}") == 0
+    return CVRun(base / "data", base / "data" / "demo_regions", {"regions": out}, selection)

@@ -313,6 +313,51 @@ def test_postprocessing_with_a_class_absent_from_a_case(cv_run, tmp_path):
         assert math.isfinite(trial["cv_dice_with"])
 
 
+REGIONS = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
+
+
+def _region_dice(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    out = []
+    for values in REGIONS.values():
+        p, r = np.isin(pred, values), np.isin(ref, values)
+        total = p.sum() + r.sum()
+        out.append(math.nan if total == 0 else 2 * (p & r).sum() / total)
+    return np.array(out)
+
+
+def test_select_scores_regions_on_a_region_dataset(region_cv):
+    """Each region's Dice on the label maps turned into regions (validation's and segkit
+    evaluate's), not the Dice of the label values."""
+    cv = region_cv.cvs["regions"]
+    labels = sorted((region_cv.root / "labelsTr").glob("*.nii.gz"))
+    refs = {p.name.removesuffix(".nii.gz"): _load(p) for p in labels}
+    segs = {c: _load(cv / "oof" / f"{c}.nii.gz") for c in refs}
+    by_region = _cv_mean([_region_dice(segs[c], refs[c]) for c in refs])
+    by_label = _cv_mean([_dice(segs[c], refs[c]) for c in refs])
+    assert abs(by_region - by_label) > 1e-3  # these predictions tell the two apart
+    decision = _decision(region_cv)
+    assert decision["score_names"] == list(REGIONS)
+    (candidate,) = decision["candidates"]
+    assert candidate["cv_dice"] == pytest.approx(by_region, abs=1e-9)
+    per_region = np.nanmean(np.stack([_region_dice(segs[c], refs[c]) for c in refs]), axis=0)
+    np.testing.assert_allclose(candidate["cv_dice_per_class"], per_region, atol=1e-9)
+    # the CV summary scores the regions as segkit evaluate does, and names them
+    summary = json.loads((cv / "summary.json").read_text())
+    assert summary["region_foreground_mean"]["Dice"] == pytest.approx(by_region, abs=1e-9)
+    assert summary["crossval"]["regions"] == [
+        {"name": n, "labels": list(v)} for n, v in REGIONS.items()
+    ]
+    # post-processing is kept or dropped on the region Dice too
+    kept: list[str] = []
+    for trial, step in zip(decision["postprocessing"]["trials"], STEPS):
+        before = _cv_mean([_region_dice(_post(segs[c], kept), refs[c]) for c in refs])
+        after = _cv_mean([_region_dice(_post(segs[c], [*kept, step]), refs[c]) for c in refs])
+        assert trial["cv_dice_without"] == pytest.approx(before, abs=1e-9)
+        assert trial["cv_dice_with"] == pytest.approx(after, abs=1e-9)
+        kept += [step] if after > before else []
+    assert decision["postprocessing"]["steps"] == kept
+
+
 def test_cv_refuses_to_set_the_fold_or_reuse_a_cv(cv_run, capsys):
     assert run_segkit("cv", "data.fold=1") == 2
     assert "data.fold=1 given, but cv trains every fold itself" in capsys.readouterr().err

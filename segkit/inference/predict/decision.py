@@ -1,7 +1,8 @@
 """What ``ckpt=`` names: checkpoints, run folders, folds, or a ``segkit select`` decision.
 
 `resolve_checkpoints` turns every form into checkpoint files. The decision file
-``segkit select`` writes is read here too.
+``segkit select`` writes is defined here, both ways: `write_decision` writes it,
+`read_selection` reads it back and `describe_decision` prints it.
 
 ``decision.json`` names the selected configuration(s) (one, or an ensemble of several),
 each with its fold checkpoints, the post-processing steps kept and the inference
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 from collections.abc import Collection, Sequence
@@ -25,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError
+from segkit.fsio import save_json_atomic
+from segkit.table import format_table
 
 DECISION_FILE = "decision.json"
 FORMAT = "segkit-selection/1"
@@ -137,6 +141,198 @@ def read_selection(path: str | Path) -> Selection:
         options=options,
         cv_dice=data["selected"].get("cv_dice"),
     )
+
+
+@dataclass(frozen=True)
+class Score:
+    """A CV mean foreground Dice: the mean and, per class (or region), the mean over cases.
+
+    Attributes:
+        mean: the mean over classes of ``per_class`` (NaN entries left out).
+        per_class: per foreground class or region; None where absent from every case.
+    """
+
+    mean: float
+    per_class: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One post-processing step, tried on top of the steps kept before it (``after``)."""
+
+    step: str
+    after: tuple[str, ...]
+    without: Score
+    with_step: Score
+    kept: bool
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One cross-validated configuration ``segkit select`` chose from.
+
+    Attributes:
+        name: its name (its CV directory's).
+        cv_dir: the CV directory.
+        folds: the folds with a checkpoint.
+        checkpoints: one per fold in ``folds``.
+        missing_or_failed: the CV's folds without a checkpoint, as ``segkit cv`` lists them.
+        inference: per checkpoint, the settings ``segkit predict`` runs it with (``mode``,
+            ``overlap``, ``window_scale``, ``tta`` attributes) and where they come from.
+    """
+
+    name: str
+    cv_dir: Path
+    folds: tuple[int, ...]
+    checkpoints: tuple[Path, ...]
+    missing_or_failed: tuple[dict[str, Any], ...]
+    inference: tuple[tuple[Any, str], ...]
+
+
+def _score(score: Score, prefix: str = "cv_dice") -> dict[str, Any]:
+    return {prefix: score.mean, f"{prefix}_per_class": list(score.per_class)}
+
+
+def write_decision(
+    folder: str | Path,
+    *,
+    configurations: Sequence[Candidate],
+    scores: dict[tuple[str, ...], Score],
+    selected: tuple[str, ...],
+    trials: Sequence[Trial],
+    options: dict[str, Any],
+    score_names: Sequence[str],
+    label_names: dict[str, str],
+    num_cases: int,
+    allow_incomplete: bool,
+) -> dict[str, Any]:
+    """Writes ``folder/decision.json`` atomically (paths relative to ``folder``).
+
+    Args:
+        folder: where it goes (created).
+        configurations: every configuration chosen from.
+        scores: the CV score of every candidate (a configuration, or an ensemble) by the
+            names of its configurations.
+        selected: the candidate chosen.
+        trials: the post-processing steps tried on it, in order.
+        options: the CV's ``predict_options`` (``mode``, ``overlap``, ``window_scale``,
+            ``tta``): what ``segkit predict`` takes from the decision.
+        score_names: the name of each per-class score (the regions' on a region dataset).
+        label_names: label value → name, of the CVs.
+        num_cases: the out-of-fold cases scored.
+        allow_incomplete: whether CVs with missing folds were allowed.
+
+    Returns:
+        The decision as written.
+    """
+    folder = Path(folder)
+    steps = [t.step for t in trials if t.kept]
+    final = scores[selected]
+    if trials:  # the score of the steps kept: the last trial's with or without its step
+        final = trials[-1].with_step if trials[-1].kept else trials[-1].without
+    decision = {
+        "format": FORMAT,
+        "selected": {
+            "configurations": list(selected),
+            "cv_dice_before_postprocessing": scores[selected].mean,
+            **_score(final),
+        },
+        "postprocessing": {
+            "steps": steps,
+            "trials": [
+                {
+                    "step": t.step,
+                    "after": list(t.after),
+                    "cv_dice_without": t.without.mean,
+                    "cv_dice_with": t.with_step.mean,
+                    "per_class_without": list(t.without.per_class),
+                    "per_class_with": list(t.with_step.per_class),
+                    "kept": t.kept,
+                }
+                for t in trials
+            ],
+        },
+        "inference": {**options, "per_checkpoint": "configurations[].inference"},
+        "configurations": [
+            {
+                "name": c.name,
+                "cv_dir": relative_to(c.cv_dir, folder),
+                "folds": list(c.folds),
+                "checkpoints": [relative_to(p, folder) for p in c.checkpoints],
+                "missing_or_failed": list(c.missing_or_failed),
+                "cv_dice": scores[(c.name,)].mean,
+                "inference": [
+                    {
+                        "checkpoint": relative_to(path, folder),
+                        "mode": settings.mode,
+                        "overlap": settings.overlap,
+                        "window_scale": settings.window_scale,
+                        "tta": settings.tta,
+                        "source": source,
+                    }
+                    for path, (settings, source) in zip(c.checkpoints, c.inference)
+                ],
+            }
+            for c in configurations
+        ],
+        "candidates": [{"configurations": list(m), **_score(s)} for m, s in scores.items()],
+        "score_names": list(score_names),
+        "label_names": label_names,
+        "num_cases": num_cases,
+        "allow_incomplete": allow_incomplete,
+        "dice": "mean foreground Dice: per class (per region on a region dataset) the mean "
+        "over out-of-fold cases, then over classes (segkit evaluate's and validation's); "
+        "ensembles average the configurations' out-of-fold probabilities",
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json_atomic(folder / DECISION_FILE, decision)
+    return decision
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def describe_decision(decision: dict[str, Any]) -> str:
+    """Every decision with the CV numbers behind it."""
+    names = decision["score_names"]
+    header = ["configuration(s)", "CV mean Dice", *names]
+    rows = [
+        [" + ".join(s["configurations"]), _fmt(s["cv_dice"]), *map(_fmt, s["cv_dice_per_class"])]
+        for s in decision["candidates"]
+    ]
+    chosen = decision["selected"]
+    lines = [
+        f"CV mean foreground Dice of each configuration and ensemble ({decision['num_cases']} "
+        "out-of-fold cases):",
+        format_table(header, rows),
+        f"selected: {' + '.join(chosen['configurations'])} "
+        f"(CV mean Dice {_fmt(chosen['cv_dice_before_postprocessing'])}; the highest"
+        + (", ties going to fewer configurations)" if len(rows) > 1 else ")"),
+        "post-processing, each step tried after those kept:",
+    ]
+    for t in decision["postprocessing"]["trials"]:
+        verdict = "kept (raises" if t["kept"] else "dropped (does not raise"
+        lines.append(
+            f"  {t['step']}: CV mean Dice {_fmt(t['cv_dice_without'])} -> "
+            f"{_fmt(t['cv_dice_with'])}: {verdict} the CV mean Dice); per class "
+            + ", ".join(
+                f"{n} {_fmt(a)} -> {_fmt(b)}"
+                for n, a, b in zip(names, t["per_class_without"], t["per_class_with"])
+            )
+        )
+    steps = ", ".join(decision["postprocessing"]["steps"]) or "none"
+    lines.append(f"post-processing: {steps}; final CV mean Dice {_fmt(chosen['cv_dice'])}")
+    inf = decision["inference"]
+    lines.append(f"inference: mode={inf['mode']} tta={str(inf['tta']).lower()}; per checkpoint:")
+    for c in decision["configurations"]:
+        if c["name"] in chosen["configurations"]:
+            for i in c["inference"]:
+                lines.append(
+                    f"  {i['checkpoint']}: overlap {i['overlap']}, window x{i['window_scale']} "
+                    f"({i['source']})"
+                )
+    return "\n".join(lines)
 
 
 def relative_to(path: str | Path, folder: str | Path) -> str:
