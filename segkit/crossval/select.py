@@ -33,7 +33,7 @@ from segkit.errors import ConfigError
 from segkit.inference.metrics.dice import case_dice, case_region_dice, mean_dice
 from segkit.inference.predict.decision import (
     DECISION_FILE,
-    Candidate,
+    ConfigurationEntry,
     Score,
     Trial,
     describe_decision,
@@ -235,7 +235,7 @@ def select(
     cv = configs[0].crossval
     decision = write_decision(
         out,
-        configurations=[_candidate(c) for c in configs],
+        configurations=[_entry(c) for c in configs],
         scores={tuple(configs[i].name for i in m): s for m, s in scores.items()},
         selected=tuple(configs[i].name for i in best),
         trials=_postprocessing(best, cases, configs, head, dice),
@@ -270,13 +270,13 @@ def _postprocessing(best, cases, configs, head, dice) -> list[Trial]:
     return trials
 
 
-def _candidate(config: Configuration) -> Candidate:
+def _entry(config: Configuration) -> ConfigurationEntry:
     """A configuration with the settings ``segkit predict`` runs each of its checkpoints with."""
     from segkit.inference.predict.run import PredictOptions
 
     options = config.crossval["predict_options"]
     predict_opts = PredictOptions(mode=options["mode"], tta=options["tta"], progress=False)
-    return Candidate(
+    return ConfigurationEntry(
         name=config.name,
         cv_dir=config.cv_dir,
         folds=config.folds,

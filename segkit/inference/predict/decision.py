@@ -168,8 +168,8 @@ class Trial:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One cross-validated configuration ``segkit select`` chose from.
+class ConfigurationEntry:
+    """One cross-validated configuration ``segkit select`` chose from, as the decision lists it.
 
     Attributes:
         name: its name (its CV directory's).
@@ -189,14 +189,14 @@ class Candidate:
     inference: tuple[tuple[Any, str], ...]
 
 
-def _score(score: Score, prefix: str = "cv_dice") -> dict[str, Any]:
-    return {prefix: score.mean, f"{prefix}_per_class": list(score.per_class)}
+def _score(score: Score) -> dict[str, Any]:
+    return {"cv_dice": score.mean, "cv_dice_per_class": list(score.per_class)}
 
 
 def write_decision(
     folder: str | Path,
     *,
-    configurations: Sequence[Candidate],
+    configurations: Sequence[ConfigurationEntry],
     scores: dict[tuple[str, ...], Score],
     selected: tuple[str, ...],
     trials: Sequence[Trial],
