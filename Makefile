@@ -6,12 +6,17 @@ ARGS ?=
 
 # CPU torch first (if absent) so the `torch` requirement is already met and pip
 # does not fetch a multi-GB CUDA build; then segkit with its dev/sweep extras (monai, a
-# reference of tests/references/, among them); then nnU-Net's networks, the other reference,
-# with --no-deps: their declared timm pulls torchvision, which would replace the CPU torch.
+# reference of tests/references/, among them, and what nnU-Net's planner, preprocessor,
+# predictor and trainer import: SimpleITK, scikit-image, pandas, blosc2, ...); then nnU-Net
+# itself and its networks, the other reference, with --no-deps: they declare torch (and DNA's
+# timm pulls torchvision), which would replace the CPU torch. Never a runtime dependency.
+NNUNET_REFERENCE = "nnunetv2==2.8.1" "dynamic-network-architectures==0.4.4" einops \
+	"acvl-utils==0.2.6" "batchgenerators==0.25.5" "batchgeneratorsv2==0.3.6"
+
 install:
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "torch==2.13.0"
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps "dynamic-network-architectures==0.4.4" einops
+	$(PY) -m pip install -q --no-deps $(NNUNET_REFERENCE)
 
 train: install
 	$(PY) train.py $(ARGS)
