@@ -19,7 +19,6 @@ read off the label-value confusion counts, as a class's is (:mod:`segkit.inferen
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,42 +219,6 @@ def region_masks(label: Any, regions: Sequence[Region]) -> Any:
     label = np.asarray(label)
     top = int(label.max()) if label.size else 0
     return region_table(regions, top + 1)[:, label.astype(np.intp, copy=False)]
-
-
-def confusion(pred: Any, ref: Any, num_values: int) -> Any:
-    """``[pred value, ref value]`` voxel counts of two label maps (int64), numpy or torch."""
-    if isinstance(pred, torch.Tensor):
-        both = pred.reshape(-1).long() * num_values + ref.reshape(-1).long()
-        counts = torch.bincount(both, minlength=num_values * num_values)
-        return counts.reshape(num_values, num_values)
-    both = np.asarray(pred).reshape(-1).astype(np.int64) * num_values + np.asarray(ref).reshape(
-        -1
-    ).astype(np.int64)
-    return np.bincount(both, minlength=num_values * num_values).reshape(num_values, num_values)
-
-
-def region_dice(counts: Any, regions: Sequence[Region]) -> list[float]:
-    """Dice of each region from a label-value confusion matrix; NaN where absent from both.
-
-    ``2|P ∩ R| / (|P| + |R|)`` with P, R the voxels whose predicted / reference value is in
-    the region: integer counts, then one float64 division (bit-identical in numpy and torch).
-    """
-    counts = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts)
-    table = region_table(regions, counts.shape[0])
-    out = []
-    for row in table:
-        inter = int(counts[np.ix_(row, row)].sum())
-        total = int(counts[row].sum()) + int(counts[:, row].sum())
-        out.append(2 * inter / total if total else math.nan)
-    return out
-
-
-def case_region_dice(pred: Any, ref: Any, regions: Sequence[Region]) -> list[float]:
-    """Per-region Dice of a predicted and a reference label map (numpy or torch)."""
-    if tuple(pred.shape) != tuple(ref.shape):
-        raise ValueError(f"prediction {tuple(pred.shape)} and reference {tuple(ref.shape)} differ")
-    num_values = 1 + max([int(pred.max()), int(ref.max())] + [max(r.labels) for r in regions])
-    return region_dice(confusion(pred, ref, num_values), regions)
 
 
 def describe_outputs(regions: Sequence[Region], order: Sequence[int]) -> str:

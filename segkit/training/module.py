@@ -8,14 +8,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from segkit.data.regions import Region, case_region_dice
+from segkit.data.regions import Region
 from segkit.defaults import DEFAULT_OVERLAP, SLICE_AXIS
 from segkit.errors import ConfigError
 from segkit.inference.engine.outputs import SOFTMAX, OutputHead
 from segkit.inference.engine.segment import Segmentation, segment
 from segkit.inference.engine.settings import InferenceSettings
 from segkit.inference.engine.sliding import ModelRun
-from segkit.inference.metrics.dice import case_dice, mean_dice
+from segkit.inference.metrics.dice import case_dice, case_region_dice, mean_dice
 from segkit.nn import UNet
 from segkit.spec import UNetSpec
 from segkit.training.losses import build_loss
