@@ -8,7 +8,9 @@ order instead).
 
 The network is the one dynamic-network-architectures builds from the plan: PlainConvUNet
 (convs per stage, strided-conv downsampling, transposed-conv upsampling, a logits head per
-decoder stage) or, where segkit has the ``resenc`` model family, ResidualEncoderUNet.
+decoder stage) or, where segkit has the ``resenc`` model family, ResidualEncoderUNet. The
+preprocessing is nnU-Net's own, reproduced (:func:`preprocessor_from_plans`; arrays stay in
+nnU-Net's transposed order).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segkit.data.nnunet_preprocess import NnUNetPreprocessor, Resampling
 from segkit.errors import ConfigError
 from segkit.nn import plan_unet
 from segkit.planner.memory import optimizer_state_count, training_memory
@@ -255,6 +258,69 @@ def import_plans(
     }
 
 
+_RESAMPLERS = ("resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing")
+
+
+def _resampling(cfg: dict[str, Any], kind: str, source: str) -> Resampling:
+    name = _short(cfg.get(f"resampling_fn_{kind}"))
+    if name not in _RESAMPLERS:
+        raise ConfigError(
+            f"{source}: resampling_fn_{kind}={name!r}; segkit reproduces nnU-Net's default "
+            f"resampling {_RESAMPLERS}. Fix: a plans file with nnU-Net's default resampling."
+        )
+    kw = cfg.get(f"resampling_fn_{kind}_kwargs") or {}
+    force = kw.get("force_separate_z")
+    return Resampling(
+        order=int(kw.get("order", 3 if kind == "data" else 1)),
+        order_z=int(kw.get("order_z", 0)),
+        force_separate_z=None if force is None else bool(force),
+    )
+
+
+def preprocessor_from_plans(
+    plans: dict[str, Any] | Path, configuration: str = "3d_fullres"
+) -> NnUNetPreprocessor:
+    """nnU-Net's preprocessing of one configuration of a plans file (or its parsed dict).
+
+    The result reproduces ``DefaultPreprocessor.run_case`` (segkit.data.nnunet_preprocess):
+    its arrays stay in nnU-Net's transposed axis order, unlike segkit's RAS `Preprocessor`.
+
+    Raises:
+        ConfigError: A preprocessor, reader, resampling or normalisation segkit does not
+            reproduce (named, with its plans key).
+    """
+    source = str(plans) if isinstance(plans, Path) else "the plans"
+    if isinstance(plans, Path):
+        plans = read_plans(plans)
+    cfg = resolve_configuration(plans, configuration, source=source)
+    name = _short(cfg.get("preprocessor_name", "DefaultPreprocessor"))
+    if name != "DefaultPreprocessor":
+        raise ConfigError(
+            f"{source}: configuration {configuration} has preprocessor_name={name!r}; segkit "
+            "reproduces nnU-Net's DefaultPreprocessor. Fix: a plans file that uses it."
+        )
+    missing = [k for k in ("spacing", "normalization_schemes", "use_mask_for_norm") if k not in cfg]
+    if missing:
+        raise ConfigError(
+            f"{source}: configuration {configuration} lacks {missing}. Fix: use the plans file "
+            "nnU-Net wrote (nnUNetv2_plan_and_preprocess), unedited."
+        )
+    schemes = tuple(_short(s) for s in cfg["normalization_schemes"])
+    props = plans.get("foreground_intensity_properties_per_channel") or {}
+    return NnUNetPreprocessor(
+        reader=_short(plans.get("image_reader_writer", "SimpleITKIO")),
+        transpose_forward=tuple(int(a) for a in plans.get("transpose_forward", (0, 1, 2))),
+        target_spacing=tuple(float(v) for v in cfg["spacing"]),
+        normalization=schemes,
+        use_mask_for_norm=tuple(bool(v) for v in cfg["use_mask_for_norm"]),
+        intensity_properties=tuple(
+            {k: float(v) for k, v in (props.get(str(c)) or {}).items()} for c in range(len(schemes))
+        ),
+        data_resampling=_resampling(cfg, "data", source),
+        seg_resampling=_resampling(cfg, "seg", source),
+    )
+
+
 def result_from_plans(cfg: Any, explicit: set[str] | Sequence[str] = ()) -> PlannerResult:
     """An nnU-Net plan (``planner.plans``, ``planner.configuration``) as a planner result."""
     from omegaconf import OmegaConf
@@ -337,6 +403,7 @@ __all__ = [
     "axis_map",
     "import_plans",
     "model_from_plans",
+    "preprocessor_from_plans",
     "read_plans",
     "resolve_configuration",
     "result_from_plans",
