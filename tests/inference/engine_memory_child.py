@@ -31,28 +31,27 @@ def main(case: dict) -> dict:
     net = UNet(
         spatial_dims=3, in_channels=1, out_channels=classes, depth=3, channels=4, norm="instance"
     ).eval()
-    settings = InferenceSettings(mode="sliding", overlap=case.get("overlap", 0.0))
-    run = ModelRun(net, tuple(case["patch"]), settings)
+
+    def model(overlap: float) -> ModelRun:
+        return ModelRun(
+            net, tuple(case["patch"]), InferenceSettings(mode="sliding", overlap=overlap)
+        )
+
+    run = model(0.0)
     segment([run], torch.randn(1, 1, *case["patch"]), SOFTMAX, classes=classes)  # warm-up
     default_accumulator = memory.ACCUMULATOR_BYTES
-    real_estimate = memory.estimate_bytes
     out = []
     for item in case["runs"]:
         memory.ACCUMULATOR_BYTES = item.get("accumulator_bytes") or default_accumulator
-        memory.estimate_bytes = real_estimate
-        if item.get("break_estimate"):  # leave the accumulator out: the check must see it
-
-            def without_accumulator(runs, decisions, layout, batches, **kw):
-                acc = classes * layout.accumulator_rows(decisions[0].window) * 4
-                shape = layout.column_shape
-                return real_estimate(runs, decisions, layout, batches, **kw) - acc * (
-                    shape[0] * shape[1]
-                )
-
-            memory.estimate_bytes = without_accumulator
         x = torch.randn(1, 1, *item["size"])
         base = settle()
-        result = segment([run], x, SOFTMAX, classes=classes, max_memory_gb=item.get("budget"))
+        result = segment(
+            [model(item.get("overlap", 0.0))],
+            x,
+            SOFTMAX,
+            classes=classes,
+            max_memory_gb=item.get("budget"),
+        )
         peak = status("VmHWM")
         out.append(
             {

@@ -11,12 +11,12 @@ small window). ``benchmarks/bench_inference_memory.py`` prints the estimate besi
 measured resident peak, and ``tests/inference/test_engine_memory.py`` holds the measured
 peak under the budget.
 
-Without a budget the layout keeps each accumulator under ``ACCUMULATOR_BYTES`` with the
-fewest columns (at overlap 0 on windows that tile the volume, columns cost nothing; where
-windows overlap, a window crossing a column boundary runs once per column). With
-``max_memory_gb`` the cheapest layout (fewest windows run) and then the largest window batch
-whose estimate fits are chosen; where nothing fits, the error names the smallest budget
-that works.
+Layouts are ranked by the windows they run (a window crossing a column boundary runs once per
+column it touches) and, among layouts that run as many, by the smallest columns: at overlap 0
+on windows that tile the volume every split at a window start is free, so the columns are as
+small as the windows. Without a budget the first layout whose accumulator is under
+``ACCUMULATOR_BYTES`` is taken; with ``max_memory_gb`` the first layout and the largest window
+batch whose estimate fits; where nothing fits, the error names the smallest budget that works.
 """
 
 from __future__ import annotations
@@ -197,7 +197,9 @@ def plan_inference(
             tuple(decisions), layout, tuple(batches), est, run_count(layout), grid, budget
         )
 
-    ranked = sorted(layouts, key=lambda lay: (run_count(lay), -math.prod(lay.column_shape)))
+    # the fewest windows run first and, among layouts that run as many, the smallest columns:
+    # splitting costs nothing where no window crosses the boundaries
+    ranked = sorted(layouts, key=lambda lay: (run_count(lay), math.prod(lay.column_shape)))
     if budget is None:
         for layout in ranked:
             acc = max(

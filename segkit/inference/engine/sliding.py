@@ -292,4 +292,5 @@ def _column(net, image, corners, col, window, weight, sums, layout, buf, flips, 
                 dst.append(slice(max(a, x0) - x0, min(a + w, x1) - x0))
             acc[(slice(None), *dst)].addcmul_(out[(j, slice(None), *src)], weight[tuple(src)])
             live = max(live, c[0] - base + window[0])
+        del out  # before the next batch's forward, not after it
     yield from emit(n0)
