@@ -30,7 +30,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import io_orientation
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 from scipy import ndimage
 
 from segkit.errors import ConfigError, DataError
@@ -77,6 +77,7 @@ class NnUNetPreprocessor:
             (``mean``, ``std``, ``percentile_00_5``, ``percentile_99_5``; for CT).
         data_resampling: ``resampling_fn_data_kwargs``.
         seg_resampling: ``resampling_fn_seg_kwargs``.
+        probabilities_resampling: ``resampling_fn_probabilities_kwargs`` (the export).
     """
 
     reader: str
@@ -87,6 +88,7 @@ class NnUNetPreprocessor:
     intensity_properties: tuple[dict[str, float], ...] = field(default=())
     data_resampling: Resampling = field(default_factory=Resampling)
     seg_resampling: Resampling = field(default_factory=lambda: Resampling(order=1))
+    probabilities_resampling: Resampling = field(default_factory=lambda: Resampling(order=1))
 
     def __post_init__(self) -> None:
         if self.reader not in READERS:
@@ -234,6 +236,76 @@ class NnUNetPreprocessor:
         }
         return data, seg, props
 
+    def export(
+        self,
+        logits: np.ndarray,
+        props: dict[str, Any],
+        *,
+        regions_class_order: Sequence[int] | None = None,
+        return_probabilities: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """nnU-Net's export of a prediction onto the input's voxel grid.
+
+        ``convert_predicted_logits_to_segmentation_with_correct_shape`` followed by the reader's
+        ``write_seg``: the logits resampled to the cropped shape (linear; separate-z as in
+        preprocessing, decided from the target and the original spacing), the labels (argmax,
+        or each region's sigmoid > 0.5 in ``regions_class_order``), put back into the box, and
+        transposed (and reoriented) back to the file's voxel order.
+
+        Args:
+            logits: ``(K, *S)`` on the preprocessed grid (nnU-Net's predictor hands float16).
+            props: ``preprocess_case``'s props of the same case.
+            regions_class_order: dataset.json's, for a region model (sigmoid outputs).
+            return_probabilities: Also return the probabilities (softmax or sigmoid); outside
+                the box, background is certain (softmax) or every region absent.
+
+        Returns:
+            The label map in the file's voxel order, uint8 (uint16 from 255 on), to be written
+            with the input's affine and header (`segkit.data.io.write_nifti`); with
+            ``return_probabilities``, also ``(K, *file shape)`` float32.
+        """
+        import torch
+
+        resampled = resample_data_or_seg(
+            np.asarray(logits),
+            props["shape_after_cropping_and_before_resampling"],
+            props["target_spacing"],
+            props["spacing_transposed"],
+            self.probabilities_resampling,
+        )
+        probs = None
+        if regions_class_order is not None or return_probabilities:
+            nonlin = torch.sigmoid if regions_class_order is not None else _softmax0
+            with torch.no_grad():
+                probs = nonlin(torch.from_numpy(np.asarray(resampled)).float()).numpy()
+        if regions_class_order is not None:
+            labels = np.zeros(resampled.shape[1:], dtype=np.uint16)
+            for i, c in enumerate(regions_class_order):
+                labels[probs[i] > 0.5] = c
+        else:
+            labels = (resampled if probs is None else probs).argmax(0)
+        full = np.zeros(props["shape_before_cropping"], dtype=np.uint16)
+        box = tuple(slice(lo, hi) for lo, hi in props["bbox_used_for_cropping"])
+        full[box] = labels
+        full = self._to_file_order(full, np.asarray(props["affine"]))
+        full = full.astype(np.uint8 if full.max() < 255 else np.uint16, copy=False)
+        if not return_probabilities:
+            return full
+        out = np.zeros((probs.shape[0], *props["shape_before_cropping"]), dtype=probs.dtype)
+        if regions_class_order is None:
+            out[0] = 1
+        out[(slice(None), *box)] = probs
+        return full, np.stack([self._to_file_order(p, np.asarray(props["affine"])) for p in out])
+
+    def _to_file_order(self, array: np.ndarray, affine: Any) -> np.ndarray:
+        """An array in nnU-Net's transposed order back in the file's voxel order."""
+        backward = [list(self.transpose_forward).index(a) for a in range(3)]
+        array = array.transpose(backward).transpose(2, 1, 0)
+        if self._reorient:  # from RAS back to the file's orientation, as the reader's writer
+            ras = axcodes2ornt("RAS")
+            array = apply_orientation(array, ornt_transform(ras, io_orientation(affine)))
+        return np.ascontiguousarray(array)
+
     def _normalize(self, image: np.ndarray, seg: np.ndarray, c: int) -> np.ndarray:
         # nnU-Net's expressions, operation for operation: float32 throughout, so the result is
         # the same to the last bit, not merely close
@@ -267,6 +339,12 @@ class NnUNetPreprocessor:
                 )
             image /= 255.0
         return image
+
+
+def _softmax0(logits: Any) -> Any:
+    import torch
+
+    return torch.softmax(logits, 0)
 
 
 def _read_nifti(path: Path, *, reorient: bool) -> tuple[np.ndarray, list[float], np.ndarray]:

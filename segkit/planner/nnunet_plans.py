@@ -318,6 +318,7 @@ def preprocessor_from_plans(
         ),
         data_resampling=_resampling(cfg, "data", source),
         seg_resampling=_resampling(cfg, "seg", source),
+        probabilities_resampling=_resampling(cfg, "probabilities", source),
     )
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import oblique_affine
 
 from segkit.data.nnunet_preprocess import (
@@ -227,3 +228,66 @@ def test_new_shape_rounds_as_nnunet():
         expected = resampling.compute_new_shape(shape, spacing, target)
         assert compute_new_shape(shape, spacing, target) == tuple(int(v) for v in expected)
     assert compute_new_shape(*cases[0]) == (27, 167, 247)
+
+
+REGIONS = {
+    "channel_names": {"0": "MR"},
+    "labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3},
+    "regions_class_order": [1, 2, 3],
+    "file_ending": ".nii.gz",
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "regions"),
+    [
+        ("ct_aniso", False),
+        ("mr_aniso_mask", True),
+        ("mr_two_channels_reorient", False),
+        ("mr_2d_oblique", False),
+    ],
+)
+def test_export_equals_nnunet(tmp_path, name, regions):
+    """nnU-Net's export of float16 logits (what its predictor hands over) to the input's grid:
+    the label file nnU-Net's writer produces, and its probabilities, equal segkit's."""
+    export = pytest.importorskip("nnunetv2.inference.export_prediction")
+    ref, pre, images, _ = _run(tmp_path, name, with_seg=False)
+    data, _, props = ref
+    _, _, ours = pre.preprocess_case(images, None)
+    dataset_json = REGIONS if regions else json.loads((TEMPLATE / "dataset.json").read_text())
+    k = 3
+    rng = np.random.default_rng(7)
+    logits = (rng.normal(0, 2, (k, *data.shape[1:])) + 0.5).astype(np.float16)
+    logits[:, :, :3] = 0  # exact ties: argmax takes the first, a sigmoid of 0.5 is no region
+    config = CASES[name][-1]
+    plans = _plans(
+        config,
+        reader=pre.reader,
+        transpose=pre.transpose_forward,
+        spacing=pre.target_spacing,
+        schemes=list(pre.normalization),
+        mask=list(pre.use_mask_for_norm),
+    )
+    manager = plans_handler.PlansManager(plans)
+    export.export_prediction_from_logits(
+        torch.from_numpy(logits.copy()),
+        copy.deepcopy(props),
+        manager.get_configuration(config),
+        manager,
+        dataset_json,
+        str(tmp_path / "nnunet"),
+        save_probabilities=True,
+        num_threads_torch=1,
+    )
+    written = nib.load(str(tmp_path / "nnunet.nii.gz"))
+    order = dataset_json.get("regions_class_order")
+    labels, probs = pre.export(logits, ours, regions_class_order=order, return_probabilities=True)
+    assert labels.shape == nib.load(images[0]).shape
+    np.testing.assert_array_equal(labels, np.asarray(written.dataobj))
+    assert labels.dtype == written.get_data_dtype()
+    assert len(np.unique(labels)) == (4 if regions else 3)  # every class somewhere
+    np.testing.assert_allclose(written.affine, nib.load(images[0]).affine, atol=1e-5)
+    np.testing.assert_array_equal(pre.export(logits, ours, regions_class_order=order), labels)
+    if pre.reader != "NibabelIOWithReorient":  # nnU-Net's .npz keeps the reader's axis order
+        expected = np.load(tmp_path / "nnunet.npz")["probabilities"].transpose(0, 3, 2, 1)
+        np.testing.assert_array_equal(probs, expected)

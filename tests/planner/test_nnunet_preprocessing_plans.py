@@ -27,6 +27,7 @@ def test_prostate_plans_as_written_by_nnunet():
     assert pre.use_mask_for_norm == (False, False)
     assert pre.data_resampling == Resampling(order=3, order_z=0, force_separate_z=None)
     assert pre.seg_resampling == Resampling(order=1, order_z=0, force_separate_z=None)
+    assert pre.probabilities_resampling == Resampling(order=1, order_z=0, force_separate_z=None)
     assert pre.intensity_properties[1]["percentile_99_5"] == 900.0
     assert preprocessor_from_plans(PROSTATE, "2d").target_spacing == (0.62, 0.62)
 
@@ -44,7 +45,11 @@ def test_settings_equal_nnunets_configuration_manager(path):
         assert list(pre.target_spacing) == list(cm.spacing)
         assert list(pre.normalization) == list(cm.normalization_schemes)
         assert list(pre.use_mask_for_norm) == list(cm.use_mask_for_norm)
-        for ours, kind in [(pre.data_resampling, "data"), (pre.seg_resampling, "seg")]:
+        for ours, kind in [
+            (pre.data_resampling, "data"),
+            (pre.seg_resampling, "seg"),
+            (pre.probabilities_resampling, "probabilities"),
+        ]:
             kw = cm.configuration[f"resampling_fn_{kind}_kwargs"]
             assert (ours.order, ours.order_z, ours.force_separate_z) == (
                 kw["order"],
