@@ -230,6 +230,7 @@ class NnUNetPreprocessor:
             "shape_before_cropping": list(shape_before),
             "bbox_used_for_cropping": [list(b) for b in bbox],
             "shape_after_cropping_and_before_resampling": list(shape_after_crop),
+            "shape_after_resampling": [int(n) for n in data.shape[1:]],
             "spacing_transposed": spacing_t,
             "target_spacing": [float(t) for t in target],
             "transpose_forward": list(self.transpose_forward),
@@ -266,8 +267,22 @@ class NnUNetPreprocessor:
         """
         import torch
 
+        logits = np.asarray(logits)
+        expected = tuple(props["shape_after_resampling"])
+        if logits.ndim != 4 or logits.shape[1:] != expected:
+            raise DataError(
+                f"export: logits of shape {logits.shape} for {props.get('image_paths')}; "
+                f"expected (K, *{expected}), the preprocessed case's grid. Fix: pass the "
+                "prediction of the whole case that preprocess_case returned with these props."
+            )
+        if regions_class_order is not None and len(regions_class_order) != logits.shape[0]:
+            raise DataError(
+                f"export: {logits.shape[0]} outputs but regions_class_order has "
+                f"{len(regions_class_order)} entries. Fix: one entry per region output "
+                "(dataset.json 'regions_class_order')."
+            )
         resampled = resample_data_or_seg(
-            np.asarray(logits),
+            logits,
             props["shape_after_cropping_and_before_resampling"],
             props["target_spacing"],
             props["spacing_transposed"],

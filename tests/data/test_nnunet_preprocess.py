@@ -31,6 +31,7 @@ from segkit.data.nnunet_preprocess import (
     compute_new_shape,
     separate_z_axis,
 )
+from segkit.errors import DataError
 from segkit.planner.nnunet_plans import preprocessor_from_plans
 
 default_preprocessor = pytest.importorskip(
@@ -291,3 +292,12 @@ def test_export_equals_nnunet(tmp_path, name, regions):
     if pre.reader != "NibabelIOWithReorient":  # nnU-Net's .npz keeps the reader's axis order
         expected = np.load(tmp_path / "nnunet.npz")["probabilities"].transpose(0, 3, 2, 1)
         np.testing.assert_array_equal(probs, expected)
+
+
+def test_export_names_a_prediction_of_the_wrong_shape(tmp_path):
+    _, pre, images, _ = _run(tmp_path, "ct_iso", with_seg=False)
+    data, _, props = pre.preprocess_case(images, None)
+    with pytest.raises(DataError, match=r"expected \(K, \*\(.*Fix: pass the prediction"):
+        pre.export(np.zeros((3, *data.shape[1:-1], data.shape[-1] + 1), np.float32), props)
+    with pytest.raises(DataError, match="regions_class_order has 2 entries"):
+        pre.export(np.zeros((3, *data.shape[1:]), np.float32), props, regions_class_order=[1, 2])
