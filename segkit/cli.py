@@ -1,5 +1,5 @@
-"""The ``segkit`` command: plan, configure, cv, select, predict, evaluate, export, make-demo,
-sweep-report.
+"""The ``segkit`` command: plan, configure, search, cv, select, predict, evaluate, export,
+make-demo, sweep-report.
 
 Every subcommand reads its arguments in one grammar, Hydra-style ``key=value``
 (:mod:`segkit.args`), and prints its keys with ``segkit COMMAND --help``.
@@ -29,7 +29,7 @@ Overrides use Hydra's grammar, exactly as for train.py:
 Pre-flight of a sweep (one row per combination, nothing is trained):
   segkit plan -m model.depth=3,4,5,6 model.kernel_size=3,5,7 data.patch_size=[96,96,96]
   segkit plan -m +sweep=depth_kernel              (a preset's hydra.sweeper.params)
-  segkit plan -m hparams_search=optuna            (every combination Optuna may draw)
+  segkit plan -m hparams_search=optuna            (every combination a search may draw)
   segkit plan -m +sweep=depth_kernel launcher=slurm   (also prints the sbatch script)
 
 An infeasible configuration exits with code 2 and says which stage and axis fail
@@ -37,53 +37,12 @@ and how to fix it.
 """
 
 
-def _plan_one(overrides: Sequence[str]):
-    from dataclasses import replace
-    from pathlib import Path
-
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from segkit.config import check_data_choice, compose, plan_network
-    from segkit.data.layouts import read_dataset_info
-    from segkit.planner import apply_planner
-
-    cfg = apply_planner(compose(overrides, hydra_config=True), overrides, record=False)
-    check_data_choice(cfg)
-    problem = None
-    try:
-        info = read_dataset_info(Path(cfg.data.root))
-        counts = (info.num_channels, info.num_outputs)  # outputs: one per region, if regions
-    except (SegkitError, OmegaConfBaseException, OSError) as err:
-        info, counts = None, None  # no (readable) dataset yet: the plan still shows, with a note
-        problem = err if isinstance(err, SegkitError) else None
-    spec, plan = plan_network(
-        cfg,
-        num_channels=counts[0] if counts else None,
-        num_classes=counts[1] if counts else None,
-        heading="segkit plan: ",
-    )
-    if counts is None and (cfg.model.in_channels is None or cfg.model.out_channels is None):
-        if OmegaConf.is_missing(cfg.data, "root"):
-            where = "data.root is not set"
-        elif problem is not None and (Path(cfg.data.root) / "dataset.json").is_file():
-            where = f"the dataset at data.root={cfg.data.root} cannot be read: {problem}"
-        else:
-            where = f"no dataset.json at data.root={cfg.data.root}"
-        note = (
-            f"({where}: assuming {spec.in_channels} input channel(s) and "
-            f"{spec.out_channels} classes)\n"
-        )
-        plan = replace(plan, title=plan.title + note)
-    if info is not None and info.describe_outputs():
-        plan = replace(plan, title=f"{plan.title}{info.describe_outputs()}\n")
-    return spec, plan
-
-
 def cmd_plan(args: Arguments) -> int:
     """``segkit plan``: the plan table (or JSON), or with -m one row per sweep combination."""
+    from segkit.sweeps.preflight import plan_one
+
     if not args.values.get("multirun"):
-        _, plan = _plan_one(args.overrides)
+        _, plan = plan_one(args.overrides)
         print(json.dumps(plan.to_dict(), indent=1) if args.values.get("json") else plan.table())
         return 0
     from segkit.config import expand_sweep
@@ -96,7 +55,7 @@ def cmd_plan(args: Arguments) -> int:
     for n, combo in enumerate(combos):
         shown = " ".join(o for o in combo if o in _swept(sweep.overrides, combo))
         try:
-            _, plan = _plan_one(combo)
+            _, plan = plan_one(combo)
             s = plan.summary()
             rows.append(
                 (
@@ -141,6 +100,28 @@ def _swept(overrides: Sequence[str], combo: Sequence[str]) -> set[str]:
         if len({c[i] for c in all_combos}) > 1:
             variable.add(combo[i])
     return variable or set(combo)
+
+
+SEARCH_HELP = """\
+An Optuna (>= 4) study whose trials are train.py runs: each trial reports its validation
+Dice per epoch and is stopped early when the pruner says it falls behind. Sweeps use
+Hydra's sweeper grammar (a,b,c  choice()  range()  interval()  tag(log, interval())):
+  segkit search model.depth=3,4,5 model.kernel_size=3,5 trials=6 out=outputs/search1
+  segkit search hparams_search=optuna trials=30 workers=2 out=outputs/search2
+  segkit search model.depth=3,4,5 'model.channels=choice(8,16,32)' sampler=grid out=...
+Every combination is planned first; one that cannot be built for the patch or needs more
+than planner.memory_gb is never launched. The same command again (another shell, another
+machine with storage=postgresql://...) joins the study; a killed worker's trial is marked
+failed (retry=N queues it again) and re-running completes the trials. Trials live in
+OUT/trials/N (normal train.py run directories); `segkit sweep-report OUT` reports them.
+"""
+
+
+def cmd_search(args: Arguments) -> int:
+    """``segkit search``: run or join an Optuna study of train.py trials."""
+    from segkit.sweeps.search import run_search
+
+    return run_search(args.overrides, args.values)
 
 
 def cmd_make_demo(args: Arguments) -> int:
@@ -199,6 +180,28 @@ PLAN = Command(
     epilog=config_help,
 )
 
+SEARCH = Command(
+    name="search",
+    summary="an Optuna architecture search of train.py runs, pruned early",
+    description=SEARCH_HELP,
+    keys=(
+        Key("out", "the search directory: trials/N, study.db, search.json", required=True),
+        Key("trials", "trials to finish (default: the preset's search.trials, or the grid)", int),
+        Key("sampler", "tpe | grid | random (default tpe)"),
+        Key("pruner", "asha (successive halving) | hyperband | median | none (default asha)"),
+        Key("storage", "Optuna storage URL (default sqlite:///OUT/study.db)"),
+        Key("workers", "trials run at once by this command (default 1)", int),
+        Key("study", "the study's name (default segkit_<task_name>)"),
+        Key("retry", "times a trial whose worker died is run again (default 0)", int),
+        Key("heartbeat", "seconds between a running trial's heartbeats (default 30)", int),
+        Key("grace", "seconds without heartbeat before a trial is failed (default 2 beats)", int),
+        Key("sampler_seed", "the sampler's seed", int),
+    ),
+    run=cmd_search,
+    hydra=True,
+    epilog=config_help,
+)
+
 MAKE_DEMO = Command(
     name="make-demo",
     summary="write the synthetic demo dataset (Decathlon layout)",
@@ -250,7 +253,18 @@ def commands() -> dict[str, Command]:
     from segkit.crossval.cli import CV, SELECT
     from segkit.inference.cli import EVALUATE, EXPORT, PREDICT
 
-    found = (PLAN, CONFIGURE, CV, SELECT, PREDICT, EVALUATE, EXPORT, MAKE_DEMO, SWEEP_REPORT)
+    found = (
+        PLAN,
+        CONFIGURE,
+        SEARCH,
+        CV,
+        SELECT,
+        PREDICT,
+        EVALUATE,
+        EXPORT,
+        MAKE_DEMO,
+        SWEEP_REPORT,
+    )
     return {c.name: c for c in found}
 
 

@@ -17,7 +17,8 @@ class SweepOverrides:
             cannot be listed combination by combination.
         fixed: The command line without its sweeps (composable as one config).
         launcher: The ``hydra/launcher`` choice (``basic``, ``joblib``, ``submitit_slurm``).
-        batch_size: Jobs the sweeper launches at once (None: all of them).
+        batch_size: Jobs the sweeper launches at once, or a search preset's ``search.workers``
+            (None: all of them).
     """
 
     overrides: tuple[str, ...]
@@ -59,8 +60,9 @@ def sweep_overrides(overrides: Sequence[str]) -> SweepOverrides:
         raise ConfigError(f"hydra.sweeper.params: {exc}") from None
     keep = [o.input_line for o in parsed if not o.is_interval_sweep()]
     sampled = tuple(o.input_line for o in parsed if o.is_interval_sweep())
-    optuna = "optuna" in str(cfg.hydra.sweeper.get("_target_", ""))
-    batch = cfg.hydra.sweeper.get("n_jobs") if optuna else cfg.hydra.sweeper.get("max_batch_size")
+    # a search preset (segkit search) runs search.workers trials at once
+    search = cfg.get("search") or {}
+    batch = search.get("workers") if search else cfg.hydra.sweeper.get("max_batch_size")
     return SweepOverrides(
         overrides=(*keep, *(o.input_line for o in cli)),
         sampled=sampled,

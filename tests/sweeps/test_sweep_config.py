@@ -32,18 +32,50 @@ def test_command_line_sweep_replaces_the_preset_entry():
 
 def test_optuna_search_space():
     cfg = compose(["hparams_search=optuna"], hydra_config=True)
-    sw = cfg.hydra.sweeper
-    assert sw._target_ == "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-    assert sw.direction == "maximize" and sw.n_trials == 20
-    assert sw.sampler._target_ == "optuna.samplers.TPESampler" and sw.sampler.seed == 1234
-    assert set(sw.params) == {"model.depth", "model.kernel_size", "model.channels",
-                              "optim.optimizer.lr"}  # fmt: skip
+    # hydra-optuna-sweeper (optuna<3) is gone: the preset holds segkit search's settings
+    assert cfg.hydra.sweeper._target_.endswith("BasicSweeper")
+    assert cfg.hydra.callbacks.segkit_search._target_ == (
+        "segkit.sweeps.hydra_callback.UseSegkitSearch"
+    )
+    s = cfg.search
+    assert (s.trials, s.sampler, s.pruner, s.sampler_seed, s.direction) == (
+        20, "tpe", "asha", 1234, "maximize",
+    )  # fmt: skip
+    assert s.study == "segkit_demo"
+    assert set(cfg.hydra.sweeper.params) == {"model.depth", "model.kernel_size", "model.channels",
+                                             "optim.optimizer.lr"}  # fmt: skip
     assert cfg.optimized_metric == "val/dice_mean"
     sweep = sweep_overrides(["hparams_search=optuna"])
     # the learning rate is drawn from an interval: planned combinations cover the rest
     assert sweep.sampled == ("optim.optimizer.lr=tag(log, interval(0.001, 0.1))",)
     assert len(expand_sweep(sweep.overrides)) == 3 * 2 * 3
-    assert sweep.batch_size == 1
+    assert sweep.batch_size is None  # search.workers unset: one trial at a time
+
+
+def test_train_multirun_with_search_preset_names_segkit_search(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.utils import REPO
+
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "hparams_search=optuna",
+           "model.kernel_size=3", f"hydra.sweep.dir={tmp_path}/sw"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "error: an Optuna search runs through segkit search (Optuna >= 4, pruning, a shared "
+        f"study): segkit search hparams_search=optuna model.kernel_size=3 out={tmp_path}/sw"
+    ]
+    assert not (tmp_path / "sw").exists()  # stopped before any job
+
+
+def test_plan_preflight_of_search_preset(capsys):
+    assert cli(["plan", "-m", "hparams_search=optuna", "model.depth=3", "model.channels=8"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if "feasible" in ln]
+    assert len(rows) == 2 and all("model.kernel_size=" in r for r in rows)
+    assert "sampled by the sweeper, not enumerated: optim.optimizer.lr=tag(log" in out
 
 
 def test_joblib_launcher():
