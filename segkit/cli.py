@@ -147,10 +147,28 @@ def _make_demo_defaults() -> dict:
 def cmd_sweep_report(args: Arguments) -> int:
     """``segkit sweep-report DIR``: summary.csv/.md/.png of a multirun."""
     from segkit.sweeps.report import METRIC, collect, markdown, write_report
+    from segkit.sweeps.search_report import is_search_dir
 
+    if is_search_dir(args.values["dir"]):
+        return _search_report(args)
+    if args.values.get("best") or args.values.get("storage"):
+        raise SegkitError(f"{args.values['dir']}: best= and storage= need a segkit search dir")
     folder, metric = args.values["dir"], args.values.get("metric", METRIC)
     paths = write_report(folder, metric=metric)
     print(markdown(collect(folder, metric=metric), metric=metric, title=folder))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _search_report(args: Arguments) -> int:
+    from segkit.sweeps import search_report as sr
+
+    folder, storage = args.values["dir"], args.values.get("storage")
+    if args.values.get("best"):
+        print(sr.shell_words(sr.best_overrides(sr.collect_search(folder, storage=storage))))
+        return 0
+    paths = sr.write_search_report(folder, storage=storage)
+    print(sr.markdown(sr.collect_search(folder, storage=storage), title=folder))
     print("written: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -236,10 +254,28 @@ SWEEP_REPORT = Command(
     summary="summarise a multirun: summary.csv/.md/.png",
     description="Collect every job's overrides and metrics.json of a multirun (skipped and\n"
     "failed jobs with their reason) into summary.csv, summary.md and summary.png inside\n"
-    "the sweep's directory:\n\n  segkit sweep-report outputs/demo/multiruns/2025-01-31_12-00-00",
+    "the sweep's directory:\n\n  segkit sweep-report outputs/demo/multiruns/2025-01-31_12-00-00\n\n"
+    "On a `segkit search` directory: every trial from the study (params, FLOPs, memory,\n"
+    "steps, pruned at, best Dice), the combinations never launched with their reason, and\n"
+    "the Pareto fronts of Dice vs parameters and vs step time (search_summary.csv/.md/.png):\n\n"
+    "  segkit sweep-report outputs/search1\n"
+    "  python train.py $(segkit sweep-report outputs/search1 --best)",
     keys=(
-        Key("dir", "the sweep's hydra.sweep.dir (MULTIRUN_DIR)", required=True),
+        Key(
+            "dir",
+            "the sweep's hydra.sweep.dir (MULTIRUN_DIR), or a search's out=DIR",
+            required=True,
+        ),  # fmt: skip
         Key("metric", "metrics.json key to sort and plot by"),
+        Key(
+            "best",
+            "search: print only the best trial's overrides for train.py",
+            bool,
+            default=False,
+        ),  # fmt: skip
+        Key(
+            "storage", "search: the storage URL, when search.json hides its password", nullable=True
+        ),  # fmt: skip
     ),
     run=cmd_sweep_report,
     positional=("dir",),

@@ -16,11 +16,20 @@ import pytest
 import torch
 import yaml
 
+from segkit.cli import main as cli
 from segkit.errors import ConfigError
 from segkit.sweeps.space import parse_space
 from tests.sweeps.conftest import REPO, TINY
 
 optuna = pytest.importorskip("optuna")
+
+
+def test_pareto_front():
+    from segkit.sweeps.search_report import pareto
+
+    # (value, cost): 1 is beaten by 0 (same value, cheaper); 3 ties 2 exactly: both stay
+    points = [(0.8, 10), (0.8, 20), (0.9, 30), (0.9, 30), (0.5, 5), (0.4, 50)]
+    assert pareto(points) == [0, 2, 3, 4]
 
 
 def test_space_grammar():
@@ -111,7 +120,7 @@ def _arch(t) -> tuple:
     return (t.params["model.depth"], t.params["model.kernel_size"])
 
 
-def test_two_workers_one_study_preflight_and_join(tmp_path, demo_data_dir):
+def test_two_workers_one_study_preflight_join_and_report(tmp_path, demo_data_dir, capsys):
     out = tmp_path / "search"
     cmd = _search_cmd(demo_data_dir, out, "model.depth=2,3,9", "model.kernel_size=3,5",
                       "sampler=grid", "workers=2", "heartbeat=2")  # fmt: skip
@@ -150,6 +159,47 @@ def test_two_workers_one_study_preflight_and_join(tmp_path, demo_data_dir):
     assert [t.number for t in _trials(out) if t.user_attrs.get("run_dir")] == [
         t.number for t in ran
     ]
+    _check_report(out, ran, capsys)
+
+
+def _check_report(out: Path, ran: list, capsys) -> None:
+    """sweep-report against the study (Optuna's API) and the runs' own metrics.json."""
+    import csv
+
+    assert cli(["sweep-report", str(out)]) == 0
+    rows = list(csv.DictReader((out / "search_summary.csv").open()))
+    by_trial = {r["trial"]: r for r in rows if r["trial"]}
+    assert set(by_trial) == {str(t.number) for t in ran}
+    complete = {}
+    for t in ran:
+        r, run = by_trial[str(t.number)], out / "trials" / str(t.number)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert r["state"] == t.state.name.lower()
+        assert float(r["best val/dice_mean"]) == pytest.approx(max(t.intermediate_values.values()))
+        assert int(r["params"]) == metrics["params"] and int(r["steps"]) == metrics["global_step"]
+        last = "" if r["state"] == "complete" else str(max(t.intermediate_values))
+        assert r["pruned at epoch"] == last
+        if r["state"] == "complete":
+            complete[t.number] = (metrics["dice_mean_best"], metrics["params"])
+    never = [r for r in rows if r["state"] == "never launched"]
+    assert sorted(r["model.depth"] for r in never) == ["9", "9"]
+    assert all("stage 5, axis 2" in r["reason"] for r in never)
+    # the front, by brute force over the complete trials: no other is better and smaller
+    front = {
+        n
+        for n, (d, p) in complete.items()
+        if not any(e >= d and q <= p and (e, q) != (d, p) for e, q in complete.values())
+    }
+    assert {int(r["trial"]) for r in rows if "P" in r["Pareto"]} == front  # fmt: skip
+    assert (out / "search_summary.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert cli(["sweep-report", str(out), "--best"]) == 0
+    best = max(complete, key=lambda n: complete[n][0])
+    words = capsys.readouterr().out.split()
+    params = next(t.params for t in ran if t.number == best)
+    assert words[-2:] == [f"model.depth={params['model.depth']}",
+                          f"model.kernel_size={params['model.kernel_size']}"]  # fmt: skip
+    assert "debug=tiny" in words and not any("callbacks.search" in w for w in words)
 
 
 def _running_trial_pids(marker: str) -> list[int]:
