@@ -226,7 +226,14 @@ def _train_py() -> Path:
 def _sampler(settings: SearchSettings, space: SearchSpace, seed: int | None) -> Any:
     optuna = require_optuna()
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+
+        class Grid(optuna.samplers.GridSampler):
+            # GridSampler.after_trial calls study.stop() when the grid is used up, which
+            # raises outside Study.optimize; the search itself knows when it is done
+            def after_trial(self, *args: Any) -> None:
+                return None
+
+        return Grid(space.grid(), seed=seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=settings.n_startup_trials)
