@@ -62,13 +62,6 @@ class DatasetInfo:
         """Output channels of the network: one per region, else one per class."""
         return len(self.regions) or self.num_classes
 
-    @property
-    def output_head(self) -> dict[str, Any] | None:
-        """``hyper_parameters.output_head`` of a region model (None: softmax classes)."""
-        if not self.regions:
-            return None
-        return {"kind": "sigmoid", "region_order": list(self.regions_class_order)}
-
     def describe_outputs(self) -> str | None:
         """The plan table's line for region outputs (None for softmax classes)."""
         return describe_outputs(self.regions, self.regions_class_order) if self.regions else None

@@ -11,7 +11,7 @@ import torch
 from segkit.data.regions import Region
 from segkit.defaults import DEFAULT_OVERLAP, SLICE_AXIS
 from segkit.errors import ConfigError
-from segkit.inference.engine.outputs import SOFTMAX, OutputHead
+from segkit.inference.engine.outputs import OutputHead
 from segkit.inference.engine.segment import Segmentation, segment
 from segkit.inference.engine.settings import InferenceSettings
 from segkit.inference.engine.sliding import ModelRun
@@ -97,12 +97,7 @@ class SegModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.regions = tuple(Region.from_dict(dict(r)) for r in regions or ())
-        self.head = SOFTMAX
-        if output_head:
-            self.head = OutputHead(
-                kind=str(output_head.get("kind", "softmax")),
-                region_order=tuple(int(v) for v in output_head.get("region_order") or ()),
-            )
+        self.head = OutputHead.from_dict(output_head)
         if bool(self.regions) != self.head.is_regions:
             raise ConfigError(
                 f"SegModule: regions {regions} and output_head {output_head} disagree; a "

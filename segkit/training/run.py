@@ -25,6 +25,7 @@ from segkit.defaults import (
 )
 from segkit.errors import ConfigError, SegkitError
 from segkit.fsio import save_json_atomic
+from segkit.inference.engine.outputs import OutputHead
 from segkit.plan import Plan
 from segkit.spec import UNetSpec
 
@@ -126,7 +127,9 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         slice_axis=int(getattr(dm, "slice_axis", SLICE_AXIS)),
         ignore_label=info.ignore_label,
         regions=[r.to_dict() for r in info.regions] or None,
-        output_head=info.output_head,
+        output_head=(
+            OutputHead.regions(info.regions_class_order).to_dict() if info.regions else None
+        ),
     )
     init_cfg = cfg.get("init") or {}
     init_from, frozen = init_cfg.get("from_checkpoint"), init_cfg.get("freeze")

@@ -47,7 +47,6 @@ def test_nnunet_regions_are_read_in_channel_order(make_nnunet):
     # the label files hold 0..3; the network has one output per region
     assert (info.num_classes, info.num_outputs) == (4, 3)
     assert info.label_names == {0: "background", 1: "whole_tumor", 2: "tumor_core", 3: "enhancing"}
-    assert info.output_head == {"kind": "sigmoid", "region_order": [1, 2, 3]}
     assert info.describe_outputs() == (
         "outputs: 3 sigmoid regions (whole_tumor, tumor_core, enhancing); "
         "label map by regions_class_order [1, 2, 3]"
@@ -60,7 +59,7 @@ def test_nnunet_regions_are_read_in_channel_order(make_nnunet):
 def test_plain_datasets_have_no_regions(make_nnunet):
     info = read_dataset_info(make_nnunet())
     assert info.regions == () and info.num_outputs == info.num_classes == 3
-    assert info.output_head is None and info.describe_outputs() is None
+    assert info.describe_outputs() is None
 
 
 @pytest.mark.parametrize(

@@ -73,3 +73,12 @@ def test_postprocessing_on_an_empty_or_absent_class_does_not_fail():
 def test_unknown_postprocessing_step_is_refused_with_the_allowed_ones():
     with pytest.raises(ConfigError, match="largest_per_class"):
         apply_postprocessing(np.zeros(3, np.uint8), ["biggest"])
+
+
+def test_the_head_dict_round_trips_and_softmax_is_none():
+    from segkit.inference.engine.outputs import SOFTMAX
+
+    head = OutputHead.regions([1, 2, 3])
+    assert head.to_dict() == {"kind": "sigmoid", "region_order": [1, 2, 3]}
+    assert OutputHead.from_dict(head.to_dict()) == head
+    assert SOFTMAX.to_dict() is None and OutputHead.from_dict(None) == SOFTMAX

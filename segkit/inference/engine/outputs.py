@@ -14,7 +14,7 @@ through :class:`OutputHead`, so they turn outputs into labels the same way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +52,27 @@ class OutputHead:
     def regions(cls, order: Sequence[int]) -> OutputHead:
         """A region head writing ``order[i]`` where channel ``i`` is above 0.5."""
         return cls(kind="sigmoid", region_order=tuple(int(v) for v in order))
+
+    def to_dict(self) -> dict | None:
+        """``hyper_parameters.output_head`` of a checkpoint: None for softmax classes."""
+        if not self.is_regions:
+            return None
+        return {"kind": self.kind, "region_order": list(self.region_order)}
+
+    @classmethod
+    def from_dict(cls, value: Mapping | None) -> OutputHead:
+        """The head of ``hyper_parameters.output_head`` (None or empty: softmax classes).
+
+        Raises:
+            ConfigError: an unknown kind, or a region head without its order.
+            TypeError, ValueError: values that are not a kind and integers.
+        """
+        if not value:
+            return SOFTMAX
+        return cls(
+            kind=str(value.get("kind", "softmax")),
+            region_order=tuple(int(v) for v in value.get("region_order") or ()),
+        )
 
     @property
     def is_regions(self) -> bool:

@@ -219,15 +219,10 @@ def load_model(
 
 
 def _head(path: Path, value: Any) -> OutputHead:
-    if not value:
-        return SOFTMAX
-    if not isinstance(value, Mapping):
+    if value and not isinstance(value, Mapping):
         raise _not_segkit(path, f"hyper_parameters.output_head is {type(value).__name__}")
     try:
-        return OutputHead(
-            kind=str(value.get("kind", "softmax")),
-            region_order=tuple(int(v) for v in value.get("region_order") or ()),
-        )
+        return OutputHead.from_dict(value)
     except (SegkitError, TypeError, ValueError) as err:
         raise _not_segkit(path, f"hyper_parameters.output_head is invalid: {err}") from err
 
