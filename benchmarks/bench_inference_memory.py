@@ -196,7 +196,7 @@ def headline(tmp: Path) -> None:
     print("|---|---|---|---|")
     for name, extra in (("defaults", ()), ("max_memory_gb=1", ("max_memory_gb=1",))):
         peak, sec, line = predict_peak(ckpt, image, tmp / f"out-{len(extra)}", *extra)
-        plan = line.split("; ", 1)[-1] if "; " in line else line
+        plan = line[line.index("tiles of") :] if "tiles of" in line else line
         print(f"| {name} | {peak / GiB:.2f} | {sec:.0f} | {plan} |")
 
 
