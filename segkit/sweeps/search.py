@@ -52,6 +52,8 @@ NOT_RUN = "not_run"  # why a drawn trial was not launched (infeasible, duplicate
 ERROR = "error"
 SEARCH_FILE = "search.json"
 PREFLIGHT_FILE = "preflight.json"
+# trials of this command failing one after another before it stops
+_MAX_FAILURES_IN_ROW = 2
 # draws in a row that may be refused (infeasible or duplicate) before an endless space gives up
 _MAX_REFUSED = 100
 
@@ -128,6 +130,9 @@ class _Search:
     lock: threading.Lock = field(default_factory=threading.Lock)
     refused: int = 0
     procs: set = field(default_factory=set)
+    mlflow: bool = False
+    failures_in_row: int = 0
+    stop: str = ""
 
 
 def _key(params: Mapping[str, Any], keys: Sequence[str]) -> tuple:
@@ -329,6 +334,8 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
         raise ConfigError("trials=N is needed: the space has a range, so it has no end of its own")
     settings = replace(settings, trials=trials)
     study, storage = _open_study(settings, space, cfg, name, url)
+    if "mlflow" in (cfg.get("logger") or {}):
+        _mlflow_experiment(cfg, name)
     save_json_atomic(settings.out / PREFLIGHT_FILE, rows)
     save_json_atomic(
         settings.out / SEARCH_FILE,
@@ -354,6 +361,7 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
         metric=metric,
         train_py=train_py,
         feasible=feasible,
+        mlflow="mlflow" in (cfg.get("logger") or {}),
         checked={_key(r["values"], space.keys): Preflight(**_pf(r)) for r in rows},
     )
     print(
@@ -377,6 +385,27 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
             proc.terminate()
         raise
     return _summary(search)
+
+
+def _mlflow_experiment(cfg: Any, name: str) -> None:
+    """Create the study's MLflow experiment (and the store's tables) once, before trials
+    start, so concurrent trials do not race to create them."""
+    from omegaconf import OmegaConf
+
+    try:
+        import mlflow
+    except ImportError:
+        raise ConfigError("logger=mlflow needs MLflow. Fix: pip install mlflow") from None
+    uri = str(OmegaConf.select(cfg, "logger.mlflow.tracking_uri"))
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = mlflow.MlflowClient(uri)
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:
+            if client.get_experiment_by_name(name) is None:  # not another worker's doing
+                raise
 
 
 def _pf(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -468,7 +497,7 @@ def _worker(search: _Search) -> None:
     poll = min(search.settings.heartbeat, 5)
     while True:
         with search.lock:
-            action, detail = _next(search)
+            action, detail = ("done", search.stop) if search.stop else _next(search)
             trial = detail if action == "run" else None
             if trial is not None:
                 _mark_launched(search, trial)
@@ -502,6 +531,15 @@ def _mark_launched(search: _Search, trial: Any) -> None:
 
 def _trial_command(search: _Search, trial: Any) -> list[str]:
     run_dir = _run_dir(search, trial)
+    name = search.study.study_name
+    tracking = []
+    if search.mlflow:  # one MLflow experiment per study, one run per trial
+        tracking = [
+            f"++logger.mlflow.experiment_name='{name}'",
+            f"++logger.mlflow.run_name=trial-{trial.number}",
+            f"++logger.mlflow.tags.optuna_study='{name}'",
+            f"++logger.mlflow.tags.optuna_trial='{trial.number}'",  # a tag is text
+        ]
     return [
         sys.executable,
         str(search.train_py),
@@ -510,9 +548,10 @@ def _trial_command(search: _Search, trial: Any) -> list[str]:
         f"hydra.run.dir={run_dir}",
         "hydra.mode=RUN",
         "++callbacks.search._target_=segkit.sweeps.pruning.OptunaReport",
-        f"++callbacks.search.study='{search.study.study_name}'",
+        f"++callbacks.search.study='{name}'",
         f"++callbacks.search.trial={trial.number}",
         f"++callbacks.search.monitor={search.metric}",
+        *tracking,
     ]
 
 
@@ -559,6 +598,12 @@ def _run_trial(search: _Search, trial: Any) -> None:
         trial.set_user_attr(ERROR, reason)
         search.study.tell(trial, state=TrialState.FAIL)
         print(f"trial {trial.number} failed: {reason}", flush=True)
+        with search.lock:
+            search.failures_in_row += 1
+            if search.failures_in_row >= _MAX_FAILURES_IN_ROW + search.settings.workers:
+                # a mistake every trial makes (a bad override, a missing package) ends the
+                # command instead of launching failing trials for ever
+                search.stop = f"{search.failures_in_row} trials in a row failed; the last: {reason}"
         if search.settings.retry:
             failed = search.storage.get_trial(trial._trial_id)
             search.storage.heartbeat_stale_trial_callback(search.study, failed)
@@ -566,10 +611,12 @@ def _run_trial(search: _Search, trial: Any) -> None:
     pruned_at = frozen.user_attrs.get(PRUNED_AT)
     if pruned_at is not None:
         search.study.tell(trial, state=TrialState.PRUNED)
+        search.failures_in_row = 0
         print(f"trial {trial.number} pruned at epoch {pruned_at}: best {search.metric} "
               f"{best:.4f} after {steps} steps", flush=True)  # fmt: skip
         return
     search.study.tell(trial, best)
+    search.failures_in_row = 0
     print(f"trial {trial.number} complete: best {search.metric} {best:.4f} after {steps} steps",
           flush=True)  # fmt: skip
 

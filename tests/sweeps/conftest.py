@@ -45,3 +45,40 @@ def train_multirun(demo_data_dir: Path) -> Callable[..., subprocess.CompletedPro
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real ``mlflow server`` with a SQLite backend store; yields its tracking URI."""
+    import socket
+    import time
+    import urllib.request
+
+    pytest.importorskip("mlflow")
+    root = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--artifacts-destination", str(root / "artifacts")]  # fmt: skip
+    log = (root / "server.log").open("w")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    server = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline and server.poll() is None:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        server.kill()
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+    yield uri
+    os.killpg(server.pid, 15)  # the server and its uvicorn worker: their own session
+    server.wait(timeout=30)
+    log.close()

@@ -105,8 +105,12 @@ def _search_cmd(data_dir: Path, out: Path, *args: str) -> list[str]:
             f"paths.data_dir={data_dir}", f"out={out}", *args]  # fmt: skip
 
 
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+       "MLFLOW_DISABLE_TELEMETRY": "true"}  # fmt: skip
+
+
 def _run(cmd: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    env = ENV
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
@@ -120,10 +124,13 @@ def _arch(t) -> tuple:
     return (t.params["model.depth"], t.params["model.kernel_size"])
 
 
-def test_two_workers_one_study_preflight_join_and_report(tmp_path, demo_data_dir, capsys):
+def test_two_workers_one_study_preflight_join_report_mlflow(
+    tmp_path, demo_data_dir, capsys, mlflow_server
+):
     out = tmp_path / "search"
     cmd = _search_cmd(demo_data_dir, out, "model.depth=2,3,9", "model.kernel_size=3,5",
-                      "sampler=grid", "workers=2", "heartbeat=2")  # fmt: skip
+                      "sampler=grid", "workers=2", "heartbeat=2", "logger=mlflow",
+                      f"logger.mlflow.tracking_uri={mlflow_server}")  # fmt: skip
     first = _run(cmd)
     trials = _trials(out)
     ran = [t for t in trials if t.user_attrs.get("run_dir")]
@@ -160,6 +167,32 @@ def test_two_workers_one_study_preflight_join_and_report(tmp_path, demo_data_dir
         t.number for t in ran
     ]
     _check_report(out, ran, capsys)
+    _check_mlflow(mlflow_server, out, ran)
+
+
+def _check_mlflow(uri: str, out: Path, ran: list) -> None:
+    """Each trial is an MLflow run on the server, read back with MLflow's own client."""
+    import mlflow
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("segkit_demo")  # the study's name
+    runs = client.search_runs([experiment.experiment_id])
+    by_trial = {int(r.data.tags["optuna_trial"]): r for r in runs}
+    assert set(by_trial) == {t.number for t in ran}
+    for t in ran:
+        run = by_trial[t.number]
+        metrics = json.loads((out / "trials" / str(t.number) / "metrics.json").read_text())
+        assert run.data.tags["optuna_study"] == "segkit_demo"
+        assert run.info.run_name == f"trial-{t.number}"
+        history = client.get_metric_history(run.info.run_id, "val/dice_mean")
+        assert [m.value for m in history] == pytest.approx(
+            [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+        )
+        assert run.data.metrics["dice_mean_best"] == pytest.approx(metrics["dice_mean_best"])
+        assert run.data.params["model.depth"] == str(t.params["model.depth"])
+        assert run.data.params["data.patch_size"] == "[24, 24, 16]"
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"plan.txt", "config.yaml", "overrides.yaml"} <= artifacts
 
 
 def _check_report(out: Path, ran: list, capsys) -> None:
@@ -217,8 +250,7 @@ def test_killed_worker_trial_failed_retried_and_completed(tmp_path, demo_data_di
     out = tmp_path / "search"
     cmd = _search_cmd(demo_data_dir, out, "model.depth=2,3", "model.kernel_size=3",
                       "sampler=grid", "heartbeat=1", "grace=3", "retry=1")  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    worker = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, text=True)
     marker = f"hydra.run.dir={out}/trials/0"
     deadline = time.time() + 60
     while not _running_trial_pids(marker) and time.time() < deadline:
