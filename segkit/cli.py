@@ -124,6 +124,14 @@ def cmd_search(args: Arguments) -> int:
     return run_search(args.overrides, args.values)
 
 
+def _search_defaults() -> dict:
+    from dataclasses import fields
+
+    from segkit.sweeps.search import SearchSettings
+
+    return {f.name: f.default for f in fields(SearchSettings) if f.name != "out"}
+
+
 def cmd_make_demo(args: Arguments) -> int:
     """``segkit make-demo [DIR]``: the synthetic demo dataset."""
     from pathlib import Path
@@ -204,19 +212,20 @@ SEARCH = Command(
     description=SEARCH_HELP,
     keys=(
         Key("out", "the search directory: trials/N, study.db, search.json", required=True),
-        Key("trials", "trials to finish (default: the preset's search.trials, or the grid)", int),
-        Key("sampler", "tpe | grid | random (default tpe)"),
-        Key("pruner", "asha (successive halving) | hyperband | median | none (default asha)"),
-        Key("storage", "Optuna storage URL (default sqlite:///OUT/study.db)"),
-        Key("workers", "trials run at once by this command (default 1)", int),
-        Key("study", "the study's name (default segkit_<task_name>)"),
-        Key("retry", "times a trial whose worker died is run again (default 0)", int),
-        Key("heartbeat", "seconds between a running trial's heartbeats (default 30)", int),
-        Key("grace", "seconds without heartbeat before a trial is failed (default 2 beats)", int),
+        Key("trials", "trials to finish (null: the preset's search.trials, or the grid)", int),
+        Key("sampler", "tpe | grid | random"),
+        Key("pruner", "asha (successive halving) | hyperband | median | none"),
+        Key("storage", "Optuna storage URL (null: sqlite:///OUT/study.db)"),
+        Key("workers", "trials run at once by this command", int),
+        Key("study", "the study's name (null: segkit_<task_name>)"),
+        Key("retry", "times a trial whose worker died is run again", int),
+        Key("heartbeat", "seconds between a running trial's heartbeats", int),
+        Key("grace", "seconds without heartbeat before a trial is failed (null: 2 beats)", int),
         Key("sampler_seed", "the sampler's seed", int),
     ),
     run=cmd_search,
     hydra=True,
+    defaults=_search_defaults,
     epilog=config_help,
 )
 

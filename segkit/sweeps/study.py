@@ -90,17 +90,26 @@ def make_pruner(name: str, *, max_epochs: int | None = None) -> Any:
     """Optuna's pruner called ``name``: ``asha`` (successive halving, the default),
     ``hyperband``, ``median`` or ``none``. Steps are epochs (1 = after the first epoch).
 
+    Every pruner makes its first decision after a quarter of ``max_epochs``: Optuna's own
+    ``min_resource="auto"`` (1% of a finished trial's steps) means epoch 1 when steps are
+    epochs, and on the demo benchmark that pruned the eventual best trial at epoch 1 (Dice
+    0.25 there, 0.59 two epochs later). ``asha`` then keeps the best third at each rung
+    (reduction factor 3: rungs at a quarter and three quarters of the schedule).
+
     Raises:
         ConfigError: An unknown name.
     """
     optuna = require_optuna()
     pruners = optuna.pruners
+    first = max(1, (max_epochs or 0) // 4)
     if name == "asha":
-        return pruners.SuccessiveHalvingPruner()
+        return pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=3)
     if name == "hyperband":
-        return pruners.HyperbandPruner(max_resource=max_epochs or "auto")
+        return pruners.HyperbandPruner(
+            min_resource=first, max_resource=max_epochs or "auto", reduction_factor=3
+        )
     if name == "median":
-        return pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1)
+        return pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=first)
     if name == "none":
         return pruners.NopPruner()
     raise ConfigError(f"pruner={name!r}: allowed: {', '.join(PRUNERS)}")
