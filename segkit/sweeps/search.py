@@ -642,6 +642,12 @@ def _failure(code: int, metrics: Mapping[str, Any], log: Path, best: float | Non
     return f"no validation value was reported; log: {log}"
 
 
+def train_overrides(fixed: Sequence[str]) -> list[str]:
+    """The fixed overrides of a search as ``python train.py`` takes them for one run: without
+    the search preset (``hparams_search=...`` holds the space, and turns on multirun)."""
+    return [o for o in fixed if o.lstrip("+~").partition("=")[0] != "hparams_search"]
+
+
 def _summary(search: _Search) -> int:
     from optuna.trial import TrialState
 
@@ -659,7 +665,7 @@ def _summary(search: _Search) -> int:
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     if complete:
         best = search.study.best_trial
-        words = [*search.space.fixed, *search.space.overrides(best.params)]
+        words = [*train_overrides(search.space.fixed), *search.space.overrides(best.params)]
         print(f"best: trial {best.number}, {search.metric} {best.value:.4f}: "
               f"python train.py {' '.join(shlex.quote(w) for w in words)}")  # fmt: skip
     return 0 if len(finished) >= search.settings.trials else 1

@@ -18,7 +18,14 @@ from typing import Any
 from segkit.errors import ConfigError
 from segkit.fsio import atomic_path, write_text_atomic
 from segkit.sweeps.pruning import PRUNED_AT, STEP_TIME, STEPS
-from segkit.sweeps.search import ERROR, NOT_RUN, PREFLIGHT_FILE, RUN_DIR, SEARCH_FILE
+from segkit.sweeps.search import (
+    ERROR,
+    NOT_RUN,
+    PREFLIGHT_FILE,
+    RUN_DIR,
+    SEARCH_FILE,
+    train_overrides,
+)
 from segkit.sweeps.study import open_storage, require_optuna
 
 _ORDER = {"complete": 0, "pruned": 1, "running": 2, "failed": 3, "never launched": 4}
@@ -187,7 +194,7 @@ def best_overrides(report: SearchReport) -> list[str]:
     best = report.best
     if best is None:
         raise ConfigError("no trial has completed yet: no best trial. Fix: let the search run")
-    return [*report.info.get("fixed", ()), *best.overrides]
+    return [*train_overrides(report.info.get("fixed", ())), *best.overrides]
 
 
 def _fmt(value: Any, spec: str) -> str:

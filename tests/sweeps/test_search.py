@@ -276,3 +276,11 @@ def test_killed_worker_trial_failed_retried_and_completed(tmp_path, demo_data_di
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert sorted(t.params["model.depth"] for t in done) == [2, 3]
     assert retried[0] in done
+
+
+def test_best_overrides_leave_the_search_preset_out():
+    # hparams_search=optuna holds the space and turns on multirun: one train.py run drops it
+    from segkit.sweeps.search import train_overrides
+
+    fixed = ["hparams_search=optuna", "debug=tiny", "+hparams_search=x", "model.depth=3"]
+    assert train_overrides(fixed) == ["debug=tiny", "model.depth=3"]
