@@ -268,7 +268,7 @@ SWEEP_REPORT = Command(
     "steps, pruned at, best Dice), the combinations never launched with their reason, and\n"
     "the Pareto fronts of Dice vs parameters and vs step time (search_summary.csv/.md/.png):\n\n"
     "  segkit sweep-report outputs/search1\n"
-    "  eval \"python train.py $(segkit sweep-report outputs/search1 --best)\"",
+    '  eval "python train.py $(segkit sweep-report outputs/search1 --best)"',
     keys=(
         Key(
             "dir",
