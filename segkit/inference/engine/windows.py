@@ -3,10 +3,14 @@
 Per axis, windows of ``w`` voxels cover ``[0, size)``: as many as a step of
 ``w·(1 − overlap)`` needs, spread evenly so the first starts at 0 and the last ends at
 ``size`` (:func:`window_starts`). Each window is weighted by a separable Gaussian of σ =
-``w·SIGMA_SCALE`` (nnU-Net's 1/8), except along an axis with a single window, where the
-weight is 1 (one window: nothing to blend). Every weight is a product of per-axis 1D
-weights, so the normaliser (the sum of the weights of every window covering a voxel) is the
-outer product of per-axis sums (:func:`axis_sums`), computed in float64.
+``w·SIGMA_SCALE`` peaking at voxel ``w // 2``, except along an axis with a single window,
+where the weight is 1 (one window: nothing to blend, and the weight would cancel in the
+normaliser). Placement and weight are nnU-Net's (``compute_steps_for_sliding_window`` with
+``tile_step_size = 1 − overlap``, ``compute_gaussian``), so segkit runs nnU-Net's models on
+nnU-Net's windows; ``tests/inference/test_windows_nnunet.py`` holds them against nnunetv2.
+Every weight is a product of per-axis 1D weights, so the normaliser (the sum of the weights
+of every window covering a voxel) is the outer product of per-axis sums (:func:`axis_sums`),
+computed in float64.
 """
 
 from __future__ import annotations
@@ -36,14 +40,15 @@ def check_overlap(overlap: float) -> None:
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
     """Start positions covering ``[0, size)`` with windows of ``window`` voxels.
 
-    The number of windows is that of a step of ``window·(1 − overlap)``; the starts are
-    then spread evenly so the first begins at 0 and the last ends at ``size``.
+    The number of windows is that of a (fractional) step of ``window·(1 − overlap)``; the
+    starts are then spread evenly so the first begins at 0 and the last ends at ``size``
+    (nnU-Net's arithmetic, rounding half to even as numpy does).
     """
     if size <= window:
         return [0]
-    step = max(1, int(window * (1 - overlap)))
-    n = math.ceil((size - window) / step) + 1
-    return [round(i * (size - window) / (n - 1)) for i in range(n)]
+    n = math.ceil((size - window) / (window * (1 - overlap))) + 1
+    step = (size - window) / (n - 1)
+    return [round(step * i) for i in range(n)]
 
 
 def window_grid(
@@ -56,11 +61,13 @@ def window_grid(
 
 @functools.lru_cache(maxsize=64)
 def gaussian_1d(window: int) -> torch.Tensor:
-    """float64 Gaussian of ``window`` voxels, σ = ``window·SIGMA_SCALE``, peak 1.
+    """float64 Gaussian of ``window`` voxels, σ = ``window·SIGMA_SCALE``, peak 1 at voxel
+    ``window // 2`` (nnU-Net's centre).
 
-    A floor keeps border weights positive (the normaliser divides by them).
+    A floor keeps border weights positive (the normaliser divides by them); at σ = w/8 the
+    border weight is e^-8 at least, so the floor only acts on windows of a voxel or two.
     """
-    x = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
+    x = torch.arange(window, dtype=torch.float64) - window // 2
     sigma = max(window * SIGMA_SCALE, 1e-3)
     g = torch.exp(-0.5 * (x / sigma) ** 2)
     return (g / g.max()).clamp_min(1e-6)
