@@ -32,6 +32,11 @@ into the same output folder; together they write exactly the cases of one run):
 workers=K reads and preprocesses the next K cases while the current one is inferred.
 postprocess=[largest_foreground,largest_per_class]: keep the largest connected component
 of all foreground, then of each class (segkit select decides these from the CV).
+ckpt may also be an nnU-Net v2 model folder (dataset.json, plans.json, fold_X/, e.g. a
+TotalSegmentator model): it is predicted as nnU-Net's predictor does (its preprocessing,
+tile step 0.5, mirroring on, the folds' logits averaged, its export):
+  segkit predict ckpt=nnUNet_results/Dataset001/nnUNetTrainer__nnUNetPlans__3d_fullres \
+      input=imagesTs output=pred nnunet_folds=[0,1] nnunet_checkpoint=final
 """
 
 EXPORT_HELP = """\
@@ -189,7 +194,13 @@ PREDICT = Command(
             float,
             nullable=True,
         ),
-        Key("tta", "mirroring test-time augmentation", bool),
+        Key(
+            "tta",
+            "mirroring test-time augmentation; null: off for segkit checkpoints, on for "
+            "nnU-Net model folders (their allowed axes)",
+            bool,
+            nullable=True,
+        ),
         Key("save_probabilities", "also write {case}.npz with class probabilities", bool),
         Key("device", "auto | cpu | cuda | cuda:N"),
         Key("sw_batch_size", "windows per forward call; null: 4 (3D), 32 (2D)", int, nullable=True),
@@ -207,6 +218,13 @@ PREDICT = Command(
             list,
             nullable=True,
         ),
+        Key(
+            "nnunet_folds",
+            "an nnU-Net model folder's folds to average ([0,1] or [all]); null: all found",
+            list,
+            nullable=True,
+        ),
+        Key("nnunet_checkpoint", "an nnU-Net model folder's checkpoint: final | best"),
         _TRUST,
     ),
     run=cmd_predict,

@@ -5,9 +5,10 @@ Each network's tiles come from the one loop (:func:`~segkit.inference.engine.sli
 in one shared :class:`~segkit.inference.engine.sliding.Layout`, so the networks of an ensemble
 hand out the same tiles in the same order. Per tile: one network's labels come from its
 logits (:meth:`OutputHead.labels_from_logits`); an ensemble averages the networks'
-probabilities (softmax classes or sigmoid regions), then takes labels. What stays for the
-whole volume is the label map (1 or 2 bytes a voxel); probabilities go tile by tile to a
-``consumer`` (``save_probabilities`` writes them to disk).
+probabilities (softmax classes or sigmoid regions), then takes labels, or, with
+``average="logits"``, averages their logits as nnU-Net's predictor averages its folds.
+What stays for the whole volume is the label map (1 or 2 bytes a voxel); probabilities go
+tile by tile to a ``consumer`` (``save_probabilities`` writes them to disk).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from segkit.inference.engine.sliding import ModelRun, model_tiles
 
 # (box, tensor (K, *box)) of one finalised tile
 TileConsumer = Callable[[tuple[slice, ...], torch.Tensor], None]
+AVERAGES = ("probabilities", "logits")
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ def segment(
     probabilities: TileConsumer | None = None,
     logits: TileConsumer | None = None,
     progress: bool = False,
+    average: str = "probabilities",
 ) -> Segmentation:
     """Labels of ``image`` (1, C, *S) from ``runs`` (one network, or an ensemble).
 
@@ -103,15 +106,22 @@ def segment(
         max_memory_gb: the budget the layout and window batch are chosen for; None: each
             accumulator under :data:`~segkit.inference.engine.memory.ACCUMULATOR_BYTES`.
         probabilities: receives every tile's probabilities (averaged over the networks).
-        logits: receives every tile's logits (one network only; e.g. validation's loss).
+        logits: receives every tile's logits (one network, or the ensemble's mean logits
+            with ``average="logits"``; e.g. validation's loss, nnU-Net's export).
         progress: a progress bar over forward calls.
+        average: how an ensemble is averaged: ``probabilities`` (segkit's ensembles) or
+            ``logits`` (nnU-Net's folds).
 
     Raises:
-        ConfigError: ``logits`` with several networks; a budget too small (naming the
-            smallest that works).
+        ConfigError: ``logits`` of an ensemble averaging probabilities; a budget too small
+            (naming the smallest that works).
     """
-    if logits is not None and len(runs) != 1:
-        raise ConfigError("segment: per-tile logits exist for one network, not an ensemble")
+    if average not in AVERAGES:
+        raise ConfigError(f"segment: average={average!r}; allowed: {', '.join(AVERAGES)}")
+    if logits is not None and len(runs) != 1 and average != "logits":
+        raise ConfigError(
+            "segment: per-tile logits of an ensemble exist only with average='logits'"
+        )
     plan = plan_for(
         runs,
         image,
@@ -127,12 +137,18 @@ def segment(
     ]
     for tiles in zip(*sources, strict=True):
         box = tiles[0].box
-        if logits is not None:
-            logits(box, tiles[0].logits)
-        if len(tiles) == 1:  # one network: its labels from its logits, as validation
-            lab = head.labels_from_logits(tiles[0].logits, dim=0)
+        if len(tiles) == 1 or average == "logits":  # labels from (mean) logits
+            mean = tiles[0].logits
+            if len(tiles) > 1:  # a new tensor (the tiles' are inference tensors)
+                mean = mean + tiles[1].logits
+                for t in tiles[2:]:
+                    mean += t.logits
+                mean /= len(tiles)
+            if logits is not None:
+                logits(box, mean)
+            lab = head.labels_from_logits(mean, dim=0)
             if probabilities is not None:
-                probabilities(box, head.probabilities(tiles[0].logits, dim=0))
+                probabilities(box, head.probabilities(mean, dim=0))
         else:
             probs = head.probabilities(tiles[0].logits, dim=0)
             for t in tiles[1:]:

@@ -48,6 +48,8 @@ class InferenceSettings:
             ``SW_BATCH_SIZE_2D`` 2D windows (:mod:`segkit.defaults`).
         tta: average each window over its mirrorings along the spatial axes (nnU-Net's
             test-time mirroring: ``2^ndim`` passes).
+        mirror_axes: with ``tta``, the network's spatial axes it may mirror (an nnU-Net
+            checkpoint's ``inference_allowed_mirroring_axes``); None: every spatial axis.
     """
 
     mode: str = "auto"
@@ -55,6 +57,7 @@ class InferenceSettings:
     window_scale: float = 1.0
     sw_batch_size: int | None = None
     tta: bool = False
+    mirror_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -67,6 +70,16 @@ class InferenceSettings:
             )
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ConfigError(f"sw_batch_size: got {self.sw_batch_size}; expected an integer >= 1")
+        if self.mirror_axes is not None:
+            axes = tuple(self.mirror_axes)
+            if len(set(axes)) != len(axes) or not all(
+                isinstance(a, int) and 0 <= a < 3 for a in axes
+            ):
+                raise ConfigError(
+                    f"mirror_axes: got {list(axes)}; expected distinct spatial axes of the "
+                    "network (0, 1, 2), e.g. [0, 1, 2]"
+                )
+            object.__setattr__(self, "mirror_axes", axes)
 
     def batch(self, spatial_dims: int) -> int:
         """Windows per forward call for a network of ``spatial_dims``."""
@@ -76,7 +89,11 @@ class InferenceSettings:
 
     def describe(self) -> str:
         text = f"mode={self.mode} overlap={self.overlap:g} window_scale={self.window_scale:g}"
-        return text + (" tta" if self.tta else "")
+        if not self.tta:
+            return text
+        if self.mirror_axes is None:
+            return text + " tta"
+        return text + f" tta (axes {','.join(map(str, self.mirror_axes))})"
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,9 @@ class ModelRun:
         if not self.settings.tta:
             return []
         axes = [a for a in range(ndim) if not (self.is_2d and ndim == 3 and a == self.slice_axis)]
+        allowed = self.settings.mirror_axes
+        if allowed is not None:  # the network's axes: a 2D network's skip the slice axis
+            axes = [axes[i] for i in allowed if i < len(axes)]
         return mirror_axes([2 + a for a in axes])
 
     def network(self, ndim: int) -> nn.Module:

@@ -58,6 +58,9 @@ class LoadedModel:
             ``hyper_parameters.output_head``, softmax if absent).
         region_names: for a region head, each output channel's region name
             (``hyper_parameters.regions``); empty for softmax classes.
+        origin: ``segkit`` (a segkit checkpoint) or ``nnunet`` (a fold of an nnU-Net model
+            folder, :mod:`segkit.inference.predict.nnunet_folder`: predicted as nnU-Net does).
+        mirror_axes: the axes test-time mirroring may flip (None: every spatial axis).
     """
 
     net: UNet
@@ -70,6 +73,8 @@ class LoadedModel:
     calibration: dict[str, Any] | None = None
     head: OutputHead = SOFTMAX
     region_names: tuple[str, ...] = ()
+    origin: str = "segkit"
+    mirror_axes: tuple[int, ...] | None = None
 
     def output_names(self, channels: int) -> list[str]:
         """The name of each output channel: its region, or its class."""

@@ -42,6 +42,13 @@ from segkit.inference.engine.settings import Decision, InferenceSettings
 from segkit.inference.engine.sliding import ModelRun
 from segkit.inference.predict.checkpoint import LoadedModel, load_model
 from segkit.inference.predict.decision import find_selection, resolve_checkpoints
+from segkit.inference.predict.nnunet_folder import (
+    CHECKPOINTS,
+    TILE_STEP,
+    NnUNetInput,
+    is_nnunet_folder,
+    load_nnunet_folder,
+)
 from segkit.inference.predict.parts import (
     check_workers,
     describe_part,
@@ -78,7 +85,8 @@ class PredictOptions:
             of training and stored in the checkpoint, else 0.5.
         window_scale: sliding window as a multiple of the training patch (>= 1); None:
             the checkpoint's measured setting, else 1.
-        tta: mirroring test-time augmentation.
+        tta: mirroring test-time augmentation; None: the model's default (off for segkit
+            checkpoints; on for nnU-Net model folders, over their allowed axes, as nnU-Net).
         save_probabilities: also write ``{case}.npz`` with class probabilities.
         device: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``.
         sw_batch_size: windows per forward call (None: the engine's default for the network).
@@ -93,12 +101,15 @@ class PredictOptions:
         max_memory_gb: budget for one case's prediction: the tile layout and the window
             batch are chosen to fit it, and said in the per-case line; None: each network's
             accumulator under 256 MiB (:mod:`segkit.inference.engine.memory`).
+        nnunet_folds: for an nnU-Net model folder, the folds to average (``0``, ``all``, ...);
+            None: every fold found.
+        nnunet_checkpoint: for an nnU-Net model folder, ``final`` or ``best``.
     """
 
     mode: str = "auto"
     overlap: float | None = None
     window_scale: float | None = None
-    tta: bool = False
+    tta: bool | None = None
     save_probabilities: bool = False
     device: str = "auto"
     sw_batch_size: int | None = None
@@ -107,6 +118,8 @@ class PredictOptions:
     workers: int = 0
     postprocess: tuple[str, ...] = ()
     max_memory_gb: float | None = None
+    nnunet_folds: tuple[str, ...] | None = None
+    nnunet_checkpoint: str = "final"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "postprocess", check_steps(self.postprocess))
@@ -123,11 +136,28 @@ class PredictOptions:
             overlap=DEFAULT_OVERLAP if self.overlap is None else self.overlap,
             window_scale=1.0 if self.window_scale is None else self.window_scale,
             sw_batch_size=self.sw_batch_size,
-            tta=self.tta,
+            tta=bool(self.tta),
         )
+        if self.nnunet_folds is not None:
+            object.__setattr__(self, "nnunet_folds", tuple(str(f) for f in self.nnunet_folds))
+        if self.nnunet_checkpoint not in CHECKPOINTS:
+            raise ConfigError(
+                f"nnunet_checkpoint={self.nnunet_checkpoint!r}; allowed: {', '.join(CHECKPOINTS)}"
+            )
 
     def settings(self, model: LoadedModel) -> tuple[InferenceSettings, str]:
         """The engine settings for ``model`` and where its overlap and window came from."""
+        if model.origin == "nnunet":  # nnU-Net's predictor: sliding, step 0.5, mirroring
+            settings = InferenceSettings(
+                mode="sliding" if self.mode == "auto" else self.mode,
+                overlap=1 - TILE_STEP if self.overlap is None else self.overlap,
+                window_scale=1.0 if self.window_scale is None else self.window_scale,
+                sw_batch_size=self.sw_batch_size,
+                tta=True if self.tta is None else self.tta,
+                mirror_axes=model.mirror_axes,
+            )
+            given = self.overlap is not None or self.window_scale is not None
+            return settings, "given" if given else f"nnU-Net's tile step {TILE_STEP:g}"
         cal = model.calibration or {}
         measured = (
             f"measured at the end of training (mean Dice {cal['dice_mean']:.4f})"
@@ -152,7 +182,7 @@ class PredictOptions:
             overlap=overlap,
             window_scale=scale,
             sw_batch_size=self.sw_batch_size,
-            tta=self.tta,
+            tta=bool(self.tta),
         )
         return settings, source
 
@@ -410,6 +440,8 @@ def predict_case(
         settings, source = opts.settings(model)
         runs.append(ModelRun(model.net, tuple(model.patch_size), settings, model.slice_axis))
         sources.append(source)
+    if isinstance(pre, NnUNetInput):
+        return _predict_nnunet_case(runs, sources, image, props, models[0], case, output_dir, opts)
     temps: list[Path] = []
     try:
         store = None
@@ -444,6 +476,68 @@ def predict_case(
     finally:
         for path in temps:
             path.unlink(missing_ok=True)
+
+
+def _predict_nnunet_case(
+    runs: Sequence[ModelRun],
+    sources: Sequence[str],
+    image: np.ndarray,
+    props: dict,
+    model: LoadedModel,
+    case: InputCase,
+    output_dir: Path,
+    opts: PredictOptions,
+) -> tuple[Path, CaseDecisions]:
+    """One case of an nnU-Net model folder: the folds' logits averaged, nnU-Net's export.
+
+    The export resamples logits, not labels: whole-case logits are kept only where the
+    preprocessing resampled (or probabilities are saved); otherwise the labels come tile by
+    tile, as for segkit's models.
+    """
+    pre = model.preprocessor
+    classes = model.spec.out_channels
+    device = next(model.net.parameters()).device
+    keep = pre.needs_logits(props) or opts.save_probabilities
+    full = np.zeros((classes, *image.shape[1:]), dtype=np.float32) if keep else None
+
+    def store(box: tuple[slice, ...], logits: torch.Tensor) -> None:
+        full[(slice(None), *box)] = logits.cpu().numpy()
+
+    result = segment(
+        runs,
+        torch.from_numpy(image).to(device)[None],
+        model.head,
+        classes=classes,
+        max_memory_gb=opts.max_memory_gb,
+        logits=store if keep else None,
+        progress=opts.progress,
+        average="logits",
+    )
+    decisions = CaseDecisions(list(zip(result.decisions, sources)), memory=result.plan.describe())
+    probs = None
+    if full is None:
+        seg = pre.invert(result.labels.cpu().numpy(), props)
+    elif opts.save_probabilities:
+        seg, probs = pre.export(full, props, return_probabilities=True)
+    else:
+        seg = pre.export(full, props)
+    full = None  # before the label map is written
+    if opts.postprocess:
+        seg = apply_postprocessing(seg, opts.postprocess)
+    out = output_dir / _output_name(case)
+    if probs is None:
+        write_nifti(out, seg, case.images[0])
+        return out, decisions
+    temp = _temp_npy(output_dir, case.case_id, "orig")
+    try:
+        np.save(temp, probs.astype(np.float16))
+        del probs
+        with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
+            write_probabilities_npz(tmp, temp, model.output_names(classes))
+            write_nifti(out, seg, case.images[0])
+    finally:
+        temp.unlink(missing_ok=True)
+    return out, decisions
 
 
 def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> str:
@@ -502,10 +596,22 @@ def predict(
         opts = selection.fill(opts)
         (report or print)(selection.describe())
     device = resolve_device(opts.device)
-    models = [
-        load_model(p, device=device, trusted_targets=trusted_targets)
-        for p in resolve_checkpoints(ckpt)
-    ]
+    say = report or print
+    if isinstance(ckpt, str | Path) and is_nnunet_folder(ckpt):
+        folder, models = load_nnunet_folder(
+            ckpt, folds=opts.nnunet_folds, checkpoint=opts.nnunet_checkpoint, device=device
+        )
+        say(folder.describe())
+    elif opts.nnunet_folds is not None:
+        raise ConfigError(
+            f"nnunet_folds: ckpt={ckpt} is not an nnU-Net model folder (dataset.json, "
+            "plans.json, fold_X/). Fix: leave nnunet_folds out for segkit checkpoints."
+        )
+    else:
+        models = [
+            load_model(p, device=device, trusted_targets=trusted_targets)
+            for p in resolve_checkpoints(ckpt)
+        ]
     for model in models:
         if model.preprocessor is None:
             raise ConfigError(
@@ -528,7 +634,6 @@ def predict(
     out_dir = check_output_dir(output)
     written: list[Path] = []
     failed: list[str] = []
-    say = report or print
     pre = models[0].preprocessor
     ahead = read_ahead(cases, lambda c: pre.preprocess_image(c.images), workers=opts.workers)
     iterator = ahead

@@ -1,0 +1,365 @@
+"""nnU-Net v2 model folders as segkit models: ``segkit predict ckpt=<nnU-Net model folder>``.
+
+A folder nnU-Net's training writes (``dataset.json``, ``plans.json``,
+``fold_X/checkpoint_final.pth``; TotalSegmentator's models are such folders) is read without
+unpickling anything but tensors and plain values (nnU-Net's checkpoints hold numpy scalars,
+allow-listed here; never ``weights_only=False``), and predicted as nnU-Net's
+``nnUNetPredictor`` predicts it, step for step:
+
+- **network**: the plans' architecture (PlainConvUNet or ResidualEncoderUNet) as a segkit U-Net,
+  axes kept in nnU-Net's transposed order, the checkpoint's weights mapped onto it
+  (:mod:`segkit.nn.weights`, the functions the forward-value tests hold against DNA);
+- **preprocessing**: nnU-Net's, reproduced bit for bit
+  (:class:`~segkit.data.nnunet_preprocess.NnUNetPreprocessor`), then zero-padded, centred, to
+  at least the patch (``pad_nd_image``);
+- **sliding window**: the engine with nnU-Net's window placement and Gaussian
+  (:mod:`segkit.inference.engine.windows`) at nnU-Net's ``tile_step_size`` 0.5, mirroring over
+  the checkpoint's ``inference_allowed_mirroring_axes`` (on unless ``tta=false``), the folds'
+  logits averaged;
+- **export**: nnU-Net's (the logits resampled to the cropped shape, argmax or regions, put back
+  into the box, back to the file's voxel order).
+
+One difference, on purpose: nnU-Net accumulates windows in float16, segkit in float32, so
+segkit's logits are the more precise of the two; ``tests/inference/test_nnunet_folder.py``
+states the tolerance this gives and holds labels and Dice against ``nnUNetPredictor`` run live.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from segkit.config import compose
+from segkit.data.nnunet_preprocess import NnUNetPreprocessor
+from segkit.errors import ConfigError
+from segkit.inference.engine.outputs import SOFTMAX, OutputHead
+from segkit.inference.predict.checkpoint import LoadedModel, read_checkpoint
+from segkit.nn import UNet
+from segkit.nn.weights import WeightMapError, map_dna_plain_conv_unet, map_dna_residual_encoder_unet
+from segkit.planner.nnunet_plans import (
+    model_from_plans,
+    preprocessor_from_plans,
+    resolve_configuration,
+)
+from segkit.spec import UNetSpec
+
+CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
+TILE_STEP = 0.5
+"""nnU-Net's default ``tile_step_size``: the window overlap is ``1 − TILE_STEP``."""
+_FOLD = re.compile(r"^fold_(\d+|all)$")
+_MAPPERS = {
+    "PlainConvUNet": map_dna_plain_conv_unet,
+    "ResidualEncoderUNet": map_dna_residual_encoder_unet,
+}
+
+
+def is_nnunet_folder(path: str | Path) -> bool:
+    """A folder with ``plans.json``, ``dataset.json`` and at least one ``fold_*`` folder."""
+    path = Path(path)
+    return (
+        path.is_dir()
+        and (path / "plans.json").is_file()
+        and (path / "dataset.json").is_file()
+        and any(p.is_dir() and _FOLD.match(p.name) for p in path.iterdir())
+    )
+
+
+def _numpy_globals() -> list[Any]:
+    """The numpy types nnU-Net's checkpoints pickle (``_best_ema`` and logged Dice are numpy
+    floats): their reconstructors only rebuild scalars, never run code."""
+    core = getattr(np, "_core", None) or np.core
+    found = [core.multiarray.scalar, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return found
+
+
+def read_nnunet_checkpoint(path: Path) -> dict[str, Any]:
+    """An nnU-Net checkpoint's dict, with tensors, plain values and numpy scalars only.
+
+    Raises:
+        ConfigError: unreadable, pickled objects beyond those, or no ``network_weights``.
+    """
+    with torch.serialization.safe_globals(_numpy_globals()):
+        ckpt = read_checkpoint(path)
+    if not isinstance(ckpt.get("network_weights"), Mapping):
+        raise ConfigError(
+            f"ckpt={path}: not an nnU-Net checkpoint (no 'network_weights'). Fix: point ckpt= "
+            "at an nnU-Net v2 model folder (dataset.json, plans.json, fold_X/checkpoint_final.pth)."
+        )
+    return ckpt
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(
+            f"{path}: cannot be read as JSON ({err}). Fix: restore the model folder's file."
+        ) from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: holds a {type(value).__name__}, not a JSON object.")
+    return value
+
+
+def find_folds(
+    folder: Path, folds: Sequence[str | int] | None, checkpoint: str
+) -> list[tuple[str, Path]]:
+    """``(fold, checkpoint file)`` of the folds to use (None: every fold with the file, as
+    nnU-Net's ``auto_detect_available_folds``, ``fold_all`` left out).
+
+    Raises:
+        ConfigError: an unknown checkpoint name, a missing fold or none found.
+    """
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(
+            f"nnunet_checkpoint={checkpoint!r}; allowed: {', '.join(CHECKPOINTS)} "
+            f"({', '.join(CHECKPOINTS.values())})"
+        )
+    name = CHECKPOINTS[checkpoint]
+    if folds is None:
+        found = sorted(
+            (int(m[1]), p / name)
+            for p in folder.iterdir()
+            if (m := _FOLD.match(p.name)) and m[1] != "all" and (p / name).is_file()
+        )
+        if not found:
+            raise ConfigError(
+                f"ckpt={folder}: no fold_N/{name} in this nnU-Net model folder. Fix: "
+                "nnunet_checkpoint=best, or nnunet_folds=all for fold_all/."
+            )
+        return [(str(f), p) for f, p in found]
+    out = []
+    for fold in folds:
+        path = folder / f"fold_{str(fold).strip()}" / name
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt={folder}: nnunet_folds has {fold} but {path} does not exist. Fix: "
+                "choose folds that were trained, or leave nnunet_folds out to use all found."
+            )
+        out.append((str(fold).strip(), path))
+    return out
+
+
+def _labels(dataset: dict[str, Any], source: Path) -> tuple[OutputHead, dict[int, str], tuple]:
+    """The output head, class names and region names of an nnU-Net ``dataset.json``."""
+    labels = dataset.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        raise ConfigError(f"{source}: has no 'labels'. Fix: restore the model's dataset.json.")
+    regions = {k: v for k, v in labels.items() if isinstance(v, list | tuple)}
+    if regions:
+        order = dataset.get("regions_class_order")
+        if not isinstance(order, list | tuple):
+            raise ConfigError(
+                f"{source}: region labels but no 'regions_class_order'. Fix: restore the "
+                "model's dataset.json."
+            )
+        names = tuple(k for k, v in labels.items() if isinstance(v, list | tuple))
+        return OutputHead.regions([int(v) for v in order]), {0: "background"}, names
+    classes = {int(v): str(k) for k, v in labels.items() if k != "ignore"}
+    return SOFTMAX, dict(sorted(classes.items())), ()
+
+
+@dataclass(frozen=True)
+class NnUNetInput:
+    """The ``preprocessor`` of an nnU-Net model: nnU-Net's preprocessing, padding and export.
+
+    Attributes:
+        pre: nnU-Net's preprocessing of the checkpoint's configuration.
+        patch_size: the configuration's patch (the padding's minimum shape).
+        regions_class_order: for a region model, dataset.json's; None for classes.
+    """
+
+    pre: NnUNetPreprocessor
+    patch_size: tuple[int, ...]
+    regions_class_order: tuple[int, ...] | None = None
+
+    def preprocess_image(self, files: Sequence[Path]) -> tuple[np.ndarray, dict[str, Any]]:
+        """``(C, *S)`` float32 network input in nnU-Net's axis order, padded to the patch, and
+        the properties the export needs."""
+        data, _, props = self.pre.preprocess_case(list(files), None)
+        shape = data.shape[1:]
+        low = [0] * len(shape)
+        new = list(shape)
+        for i, p in enumerate(self.patch_size):  # a 2D patch pads the last two axes
+            a = len(shape) - len(self.patch_size) + i
+            if shape[a] < p:
+                low[a], new[a] = (p - shape[a]) // 2, p
+        props["padding"] = [[lo, lo + n] for lo, n in zip(low, shape)]
+        if new != list(shape):
+            padded = np.zeros((data.shape[0], *new), dtype=data.dtype)
+            padded[(slice(None), *(slice(lo, lo + n) for lo, n in zip(low, shape)))] = data
+            data = padded
+        return data, props
+
+    @staticmethod
+    def unpad(array: np.ndarray, props: dict[str, Any]) -> np.ndarray:
+        """``(..., *S)`` on the padded grid cut back to the preprocessed case."""
+        box = tuple(slice(lo, hi) for lo, hi in props["padding"])
+        return array[(Ellipsis, *box)]
+
+    def needs_logits(self, props: dict[str, Any]) -> bool:
+        """nnU-Net resamples the logits (not the labels) back: whole-case logits are needed
+        where the preprocessing resampled."""
+        return list(props["shape_after_resampling"]) != list(
+            props["shape_after_cropping_and_before_resampling"]
+        )
+
+    def invert(self, labels: np.ndarray, props: dict[str, Any]) -> np.ndarray:
+        """Labels on the padded grid onto the input's voxel grid (no resampling)."""
+        return self.pre.place_labels(self.unpad(labels, props), props)
+
+    def export(
+        self, logits: np.ndarray, props: dict[str, Any], *, return_probabilities: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """nnU-Net's export of logits on the padded grid (see ``NnUNetPreprocessor.export``)."""
+        return self.pre.export(
+            self.unpad(logits, props),
+            props,
+            regions_class_order=self.regions_class_order,
+            return_probabilities=return_probabilities,
+        )
+
+
+@dataclass(frozen=True)
+class NnUNetFolder:
+    """What an nnU-Net model folder says beyond its networks.
+
+    Attributes:
+        path: the folder.
+        configuration: the checkpoints' configuration (e.g. ``3d_fullres``).
+        trainer: the trainer class that wrote them.
+        mirror_axes: the checkpoint's ``inference_allowed_mirroring_axes`` (None: all).
+        folds: the folds loaded.
+    """
+
+    path: Path
+    configuration: str
+    trainer: str
+    mirror_axes: tuple[int, ...] | None
+    folds: tuple[str, ...]
+
+    def describe(self) -> str:
+        folds = ",".join(self.folds)
+        return (
+            f"nnU-Net model {self.path} ({self.trainer}, {self.configuration}, folds {folds}): "
+            f"nnU-Net's preprocessing, tile step {TILE_STEP:g}, Gaussian, folds' logits averaged"
+        )
+
+
+def load_nnunet_folder(
+    folder: str | Path,
+    *,
+    folds: Sequence[str | int] | None = None,
+    checkpoint: str = "final",
+    device: torch.device | str = "cpu",
+) -> tuple[NnUNetFolder, list[LoadedModel]]:
+    """The networks of an nnU-Net v2 model folder, one :class:`LoadedModel` per fold.
+
+    Args:
+        folder: the model folder (``dataset.json``, ``plans.json``, ``fold_X/``).
+        folds: folds to use (``0``, ``1``, ``all``, ...); None: every fold found.
+        checkpoint: ``final`` (``checkpoint_final.pth``) or ``best``.
+        device: where the networks go.
+
+    Raises:
+        ConfigError: a missing file or fold, a checkpoint with pickled objects, a
+            configuration or architecture segkit does not reproduce (named, with the fix).
+    """
+    folder = Path(folder)
+    plans = _read_json(folder / "plans.json")
+    dataset = _read_json(folder / "dataset.json")
+    chosen = find_folds(folder, folds, checkpoint)
+    ckpts = [read_nnunet_checkpoint(p) for _, p in chosen]
+    first = ckpts[0]
+    init = first.get("init_args") if isinstance(first.get("init_args"), Mapping) else {}
+    configuration = str(init.get("configuration") or "3d_fullres")
+    if "cascade" in configuration:
+        raise ConfigError(
+            f"ckpt={folder}: configuration {configuration} needs the low-resolution stage's "
+            "segmentation as input (nnU-Net's cascade), which segkit does not run. Fix: a "
+            "3d_fullres, 3d_lowres or 2d model folder."
+        )
+    for (fold, path), ck in zip(chosen[1:], ckpts[1:]):
+        other = (ck.get("init_args") or {}).get("configuration")
+        if other not in (None, configuration):
+            raise ConfigError(
+                f"{path}: fold {fold} was trained as {other}, fold {chosen[0][0]} as "
+                f"{configuration}; they cannot be averaged. Fix: nnunet_folds= of one "
+                "configuration."
+            )
+    cfg = resolve_configuration(plans, configuration, source=str(folder / "plans.json"))
+    head, label_names, region_names = _labels(dataset, folder / "dataset.json")
+    names = dataset.get("channel_names") or dataset.get("modality") or {}
+    channels = len(names) or 1
+    outputs = len(region_names) if head.is_regions else len(label_names)
+    patch = tuple(int(v) for v in cfg.get("patch_size") or ())
+    ndim = len(patch)
+    resenc = None
+    if "ResidualEncoderUNet" in str((cfg.get("architecture") or {}).get("network_class_name")):
+        resenc = OmegaConf.to_container(compose(["model=resenc"]).model, resolve=True)
+    model, cls = model_from_plans(cfg, list(range(ndim)), resenc_family=resenc)
+    spec = UNetSpec.from_config(dict(model, in_channels=channels, out_channels=outputs))
+    pre = preprocessor_from_plans(plans, configuration)
+    mirror = first.get("inference_allowed_mirroring_axes")
+    mirror_axes = None if mirror is None else tuple(int(a) for a in mirror)
+    trainer = str(first.get("trainer_name") or "nnUNetTrainer")
+    models = []
+    for (_, path), ck in zip(chosen, ckpts):
+        net = UNet(spec)
+        try:
+            net.load_state_dict(_MAPPERS[cls](ck["network_weights"], net))
+        except (WeightMapError, RuntimeError, KeyError) as err:
+            raise ConfigError(
+                f"{path}: its weights do not fit the {cls} that plans.json describes "
+                f"(trainer {trainer}: {str(err)[:300]}). segkit builds nnU-Net's standard "
+                "networks; a trainer that changes the architecture is not supported."
+            ) from err
+        models.append(
+            LoadedModel(
+                net=net.to(device).eval(),
+                spec=spec,
+                patch_size=patch,
+                label_names=label_names,
+                preprocessor=NnUNetInput(
+                    pre,
+                    patch,
+                    tuple(head.region_order) if head.is_regions else None,
+                ),
+                path=path,
+                slice_axis=0,
+                head=head,
+                region_names=region_names,
+                origin="nnunet",
+                mirror_axes=mirror_axes,
+            )
+        )
+    info = NnUNetFolder(
+        path=folder,
+        configuration=configuration,
+        trainer=trainer,
+        mirror_axes=mirror_axes,
+        folds=tuple(f for f, _ in chosen),
+    )
+    return info, models
+
+
+__all__ = [
+    "CHECKPOINTS",
+    "TILE_STEP",
+    "NnUNetFolder",
+    "NnUNetInput",
+    "find_folds",
+    "is_nnunet_folder",
+    "load_nnunet_folder",
+    "read_nnunet_checkpoint",
+]
