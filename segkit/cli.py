@@ -114,6 +114,10 @@ than planner.memory_gb is never launched. The same command again (another shell,
 machine with storage=postgresql://...) joins the study; a killed worker's trial is marked
 failed (retry=N queues it again) and re-running completes the trials. Trials live in
 OUT/trials/N (normal train.py run directories); `segkit sweep-report OUT` reports them.
+With launcher=slurm (or submitit_local) the workers are submitted jobs, one worker each,
+set up by conf/launcher/ (storage= then a URL every node reaches, e.g. PostgreSQL):
+  segkit search hparams_search=optuna workers=8 launcher=slurm out=/scratch/$USER/search1 \\
+      hydra.launcher.partition=gpu storage=postgresql://USER:PASSWORD@HOST/DB
 """
 
 
@@ -216,7 +220,7 @@ SEARCH = Command(
         Key("sampler", "tpe | grid | random"),
         Key("pruner", "asha (successive halving) | hyperband | median | none"),
         Key("storage", "Optuna storage URL (null: sqlite:///OUT/study.db)"),
-        Key("workers", "trials run at once by this command", int),
+        Key("workers", "trials run at once (launcher=slurm|submitit_local: jobs)", int),
         Key("study", "the study's name (null: segkit_<task_name>)"),
         Key("retry", "times a trial whose worker died is run again", int),
         Key("heartbeat", "seconds between a running trial's heartbeats", int),

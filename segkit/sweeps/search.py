@@ -44,6 +44,7 @@ from segkit.sweeps.study import (
     open_storage,
     require_optuna,
 )
+from segkit.sweeps.tracking import trial_overrides
 from segkit.table import format_table
 
 # user attributes the search writes on a trial
@@ -130,7 +131,7 @@ class _Search:
     lock: threading.Lock = field(default_factory=threading.Lock)
     refused: int = 0
     procs: set = field(default_factory=set)
-    mlflow: bool = False
+    loggers: tuple[str, ...] = ()
     failures_in_row: int = 0
     stop: str = ""
 
@@ -166,7 +167,22 @@ def _compose_search(overrides: Sequence[str]) -> tuple[Any, SearchSpace]:
     fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
     cfg = compose(fixed, hydra_config=True)
     preset = dict(cfg.hydra.sweeper.get("params") or {})
-    return cfg, parse_space(overrides, preset)
+    space = parse_space(overrides, preset)
+    # where the workers run is no part of what a trial runs (nor of the study's identity)
+    return cfg, replace(space, fixed=tuple(without_launcher(space.fixed)))
+
+
+def without_launcher(overrides: Sequence[str]) -> list[str]:
+    """The overrides less ``launcher=...`` and ``hydra.launcher.*``."""
+    return [
+        o
+        for o in overrides
+        if _key_of(o) != "launcher" and not _key_of(o).startswith("hydra.launcher.")
+    ]
+
+
+def _key_of(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
 
 
 def resolve_settings(values: Mapping[str, Any], cfg: Any) -> SearchSettings:
@@ -295,12 +311,19 @@ def _open_study(
     return study, storage
 
 
-def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
+def run_search(
+    overrides: Sequence[str], values: Mapping[str, Any], *, job: int | None = None
+) -> int:
     """Run (or join) the search; returns 0 when the study has its trials, else 1.
+
+    With ``launcher=submitit_local`` or ``launcher=slurm`` the ``workers`` run as that many
+    submitted jobs (one worker each, `segkit.sweeps.submit`), and this process waits for them.
 
     Args:
         overrides: Hydra overrides of ``conf/train.yaml``, sweeps among them.
         values: The command's keys (``out``, ``trials``, ``sampler``, ...; None: default).
+        job: Set in a submitted worker job (its index): one worker, the storage URL from the
+            environment.
 
     Raises:
         ConfigError: A setting, an override or the storage is wrong, or no combination can
@@ -313,8 +336,17 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
     cfg, space = _compose_search(overrides)
     settings = resolve_settings(values, cfg)
     name = settings.study or f"segkit_{cfg.task_name}"
-    settings.out.mkdir(parents=True, exist_ok=True)
     url = settings.storage or f"sqlite:///{settings.out / 'study.db'}"
+    if job is not None:
+        url = os.environ.get(STORAGE_ENV) or url
+        if settings.sampler_seed is not None:  # jobs starting together draw different values
+            settings = replace(settings, sampler_seed=settings.sampler_seed + job)
+    launcher = None
+    if job is None and launcher_of(cfg) != "basic":
+        from segkit.sweeps.submit import check_launcher
+
+        launcher = check_launcher(cfg, out=settings.out, url=url)
+    settings.out.mkdir(parents=True, exist_ok=True)
     metric = str(cfg.get("optimized_metric") or "val/dice_mean")
     train_py = _train_py()
 
@@ -361,7 +393,7 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
         metric=metric,
         train_py=train_py,
         feasible=feasible,
-        mlflow="mlflow" in (cfg.get("logger") or {}),
+        loggers=tuple(cfg.get("logger") or {}),
         checked={_key(r["values"], space.keys): Preflight(**_pf(r)) for r in rows},
     )
     print(
@@ -370,9 +402,11 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
         f"{settings.out / 'trials'}",
         flush=True,
     )
+    if launcher is not None:
+        return _submit(search, cfg, launcher, overrides, values)
     threads = [
         threading.Thread(target=_worker, args=(search,), name=f"worker-{i}", daemon=True)
-        for i in range(settings.workers)
+        for i in range(1 if job is not None else settings.workers)
     ]
     try:
         for t in threads:
@@ -385,6 +419,41 @@ def run_search(overrides: Sequence[str], values: Mapping[str, Any]) -> int:
             proc.terminate()
         raise
     return _summary(search)
+
+
+def _submit(
+    search: _Search, cfg: Any, launcher: str, overrides: Sequence[str], values: Mapping[str, Any]
+) -> int:
+    """Run the search's workers as submitted jobs and wait for them."""
+    from segkit.sweeps.submit import SearchJob, submit_workers
+
+    settings = search.settings
+    job = SearchJob(
+        without_launcher(overrides),
+        {**values, "out": str(settings.out), "storage": None, "workers": 1},
+    )
+    # the URL (a database password, perhaps) reaches the jobs through their environment
+    # (sbatch passes this one), not through the pickled job in .submitit/
+    os.environ[STORAGE_ENV] = search.url
+    folder = settings.out / ".submitit"
+    print(f"submitting {settings.workers} worker job(s) through {launcher}; their logs: "
+          f"{folder}/<job id>/; waiting for them", flush=True)  # fmt: skip
+    try:
+        codes = submit_workers(cfg, launcher, job, jobs=settings.workers, out=settings.out)
+    except Exception as exc:  # submitit's FailedJobError holds the job's whole traceback
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        print(f"a worker job failed: {lines[-1] if lines else type(exc).__name__}; "
+              f"logs: {folder}", flush=True)  # fmt: skip
+        codes = [1]
+    if any(codes):
+        print(f"worker job exit codes: {codes}; logs: {folder}", flush=True)
+    return _summary(search)
+
+
+def launcher_of(cfg: Any) -> str:
+    """The ``hydra/launcher`` the composed config selects (``basic``, ``joblib``,
+    ``submitit_local``, ``submitit_slurm``)."""
+    return str(cfg.hydra.runtime.choices.get("hydra/launcher") or "basic")
 
 
 def _mlflow_experiment(cfg: Any, name: str) -> None:
@@ -532,14 +601,6 @@ def _mark_launched(search: _Search, trial: Any) -> None:
 def _trial_command(search: _Search, trial: Any) -> list[str]:
     run_dir = _run_dir(search, trial)
     name = search.study.study_name
-    tracking = []
-    if search.mlflow:  # one MLflow experiment per study, one run per trial
-        tracking = [
-            f"++logger.mlflow.experiment_name='{name}'",
-            f"++logger.mlflow.run_name=trial-{trial.number}",
-            f"++logger.mlflow.tags.optuna_study='{name}'",
-            f"++logger.mlflow.tags.optuna_trial='{trial.number}'",  # a tag is text
-        ]
     return [
         sys.executable,
         str(search.train_py),
@@ -551,7 +612,7 @@ def _trial_command(search: _Search, trial: Any) -> list[str]:
         f"++callbacks.search.study='{name}'",
         f"++callbacks.search.trial={trial.number}",
         f"++callbacks.search.monitor={search.metric}",
-        *tracking,
+        *trial_overrides(search.loggers, name, trial.number),
     ]
 
 
@@ -645,7 +706,7 @@ def _failure(code: int, metrics: Mapping[str, Any], log: Path, best: float | Non
 def train_overrides(fixed: Sequence[str]) -> list[str]:
     """The fixed overrides of a search as ``python train.py`` takes them for one run: without
     the search preset (``hparams_search=...`` holds the space, and turns on multirun)."""
-    return [o for o in fixed if o.lstrip("+~").partition("=")[0] != "hparams_search"]
+    return [o for o in fixed if _key_of(o) != "hparams_search"]
 
 
 def _summary(search: _Search) -> int:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import inspect
 import tempfile
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
@@ -80,6 +80,45 @@ def check_submitit_internals() -> None:
         )
 
 
+@contextmanager
+def intercepted_sbatch() -> Iterator[dict[str, Any]]:
+    """Within it, submitit's ``SlurmExecutor`` runs no ``sbatch``: the dict it yields receives
+    what would have been submitted: ``parameters`` (the executor's), ``script`` (the sbatch
+    script of the job array) and ``submissions`` (submitit's ``DelayedSubmission`` objects,
+    one per job). A submission returns no job.
+
+    Raises:
+        ConfigError: The installed submitit changed the internals this relies on.
+    """
+    from submitit.slurm import slurm
+
+    check_submitit_internals()
+    captured: dict[str, Any] = {}
+
+    def capture(executor: Any, submissions: list) -> list:
+        params = dict(executor.parameters)
+        captured["parameters"] = params
+        captured["submissions"] = list(submissions)
+        captured["script"] = slurm._make_sbatch_string(
+            command=executor._submitit_command_str,
+            folder=executor.folder,
+            **{**params, "map_count": len(submissions) if len(submissions) > 1 else None},
+        )
+        return []
+
+    with ExitStack() as stack:
+        stack.enter_context(mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=2))
+        stack.enter_context(
+            mock.patch.object(
+                slurm.SlurmExecutor,
+                "_internal_process_submissions",
+                autospec=True,
+                side_effect=capture,
+            )
+        )
+        yield captured
+
+
 def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> SbatchPreview:
     """Run hydra-submitit-launcher's real ``launch`` with submission intercepted.
 
@@ -97,7 +136,6 @@ def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> Sbatc
     """
     from hydra.utils import instantiate
     from omegaconf import OmegaConf, open_dict
-    from submitit.slurm import slurm
 
     from segkit.config import compose
     from segkit.errors import ConfigError
@@ -105,35 +143,13 @@ def preview_sbatch(overrides: Sequence[str] = (), *, num_jobs: int = 1) -> Sbatc
     cfg = compose(overrides, hydra_config=True)
     if cfg.hydra.runtime.choices.get("hydra/launcher") != "submitit_slurm":
         raise ConfigError("the launcher is not SLURM: add launcher=slurm to the overrides")
-    check_submitit_internals()
     launcher_cfg = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     launcher = instantiate(cfg.hydra.launcher)
-    captured: dict[str, Any] = {}
-
-    def capture(executor: Any, submissions: list) -> list:
-        params = dict(executor.parameters)
-        captured["parameters"] = params
-        captured["script"] = slurm._make_sbatch_string(
-            command=executor._submitit_command_str,
-            folder=executor.folder,
-            **{**params, "map_count": len(submissions) if len(submissions) > 1 else None},
-        )
-        return []
-
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+    with tempfile.TemporaryDirectory() as tmp, intercepted_sbatch() as captured:
         # launch() creates hydra.sweep.dir; the preview must not touch the real one
         with open_dict(cfg):
             cfg.hydra.sweep.dir = tmp
         launcher.setup(hydra_context=None, task_function=None, config=cfg)
-        stack.enter_context(mock.patch.object(slurm.SlurmExecutor, "affinity", return_value=2))
-        stack.enter_context(
-            mock.patch.object(
-                slurm.SlurmExecutor,
-                "_internal_process_submissions",
-                autospec=True,
-                side_effect=capture,
-            )
-        )
         launcher.launch([[f"job={i}"] for i in range(num_jobs)], initial_job_idx=0)
     if "script" not in captured:
         raise ConfigError(
