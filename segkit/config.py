@@ -237,7 +237,7 @@ _GROUP_HELP = {
     "data": "the dataset and its patches (msd: your own)",
     "debug": "short debugging runs",
     "experiment": "presets that set several groups at once",
-    "hparams_search": "an Optuna search space (with -m)",
+    "hparams_search": "an Optuna search space for `segkit search`",
     "hydra": "run and sweep directories",
     "launcher": "where multirun jobs run",
     "logger": "training loggers",

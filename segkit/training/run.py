@@ -274,7 +274,11 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
 
 
 def _optimized_value(name: str | None, metrics: dict[str, Any], trainer: Any) -> float | None:
-    """The value a sweeper optimises: the best mean Dice, or the last value of another metric."""
+    """What ``train()`` returns: the best mean Dice, or the last value of another metric.
+
+    ``segkit search`` does not use it: its trials report ``optimized_metric`` per epoch
+    (``segkit.sweeps.pruning``).
+    """
     if name in (None, "val/dice_mean"):
         return metrics["dice_mean_best"]
     value = trainer.callback_metrics.get(name)
@@ -308,8 +312,8 @@ def main(cfg: DictConfig) -> float | None:
     """
     try:
         value, _ = train(cfg)
-        # hydra-optuna-sweeper 1.3 aborts the whole study on a nan return (hydra#2237);
-        # None is told to Optuna as a failed trial and the study goes on.
+        # a multirun's sweeper gets None ("no value") for a nan; segkit search reads a trial's
+        # values from its study, not from this return
         return None if value is None or math.isnan(value) else value
     except SegkitError as exc:
         if _is_multirun():
