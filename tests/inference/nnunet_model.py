@@ -82,8 +82,12 @@ def make_folder(
     steps: int = 40,
     patch=(16, 32, 32),
     spacing=(2.0, 1.0, 1.0),
+    classes: int | None = None,
 ) -> Path:
-    """``root/model``: a trained nnU-Net model folder (see the module docstring)."""
+    """``root/model``: a trained nnU-Net model folder (see the module docstring).
+
+    ``classes``: that many labels (background included) instead of three, for memory
+    benchmarks (train with ``steps=0``: the weights stay nnU-Net's initialisation)."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
@@ -91,7 +95,7 @@ def make_folder(
     p = plans(patch=patch, spacing=spacing, arch=arch)
     dataset = {
         "channel_names": {"0": "MRI"},
-        "labels": REGIONS if regions else LABELS,
+        "labels": REGIONS if regions else LABELS if classes is None else _many(classes),
         "numTraining": 3,
         "file_ending": ".nii.gz",
     }
@@ -150,6 +154,10 @@ def _env(**values: str):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _many(classes: int) -> dict[str, int]:
+    return {"background": 0, **{f"structure_{i}": i for i in range(1, classes)}}
 
 
 def _train(net, data, patch, label_manager, *, seed: int, steps: int) -> None:

@@ -91,6 +91,23 @@ def test_sw_batch_size_does_not_change_the_result():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(("given", "seen"), [(None, 1), (3, 3)])
+def test_a_default_window_batch_keeps_its_outputs_under_the_accumulator_cap(
+    monkeypatch, given, seen
+):
+    # 8 classes × 32³ float32 = 1 MiB a window: with the cap at 1 MiB a default batch is one
+    # window a call (nnU-Net's); a batch given explicitly is kept. Seen by the network itself.
+    from segkit.inference.engine import memory
+
+    monkeypatch.setattr(memory, "ACCUMULATOR_BYTES", 2**20)
+    net = UNet(spatial_dims=3, in_channels=1, out_channels=8, depth=2, channels=2).eval()
+    batches = []
+    net.register_forward_pre_hook(lambda _, args: batches.append(args[0].shape[0]))
+    x = torch.randn(1, 1, 96, 32, 32)
+    sliding_window(net, x, (32, 32, 32), overlap=0, sw_batch_size=given)
+    assert max(batches) == seen and sum(batches) == 3
+
+
 @pytest.mark.parametrize("mode", ["whole", "sliding"])
 def test_tta_is_the_mean_of_the_eight_mirrored_predictions(mode):
     # Computed here without the engine's mirroring: each of the 2^3 subsets of the spatial

@@ -15,8 +15,11 @@ Layouts are ranked by the windows they run (a window crossing a column boundary 
 column it touches) and, among layouts that run as many, by the smallest columns: at overlap 0
 on windows that tile the volume every split at a window start is free, so the columns are as
 small as the windows. Without a budget the first layout whose accumulator is under
-``ACCUMULATOR_BYTES`` is taken; with ``max_memory_gb`` the first layout and the largest window
-batch whose estimate fits; where nothing fits, the error names the smallest budget that works.
+``ACCUMULATOR_BYTES`` is taken, and a default window batch (``sw_batch_size`` not given) is
+shrunk until the batch's outputs are under it too (a 105-class network's 64×128×128 window
+alone outputs 440 MB: one window a call, as nnU-Net runs); with ``max_memory_gb`` the first
+layout and the largest window batch whose estimate fits; where nothing fits, the error names
+the smallest budget that works.
 """
 
 from __future__ import annotations
@@ -201,14 +204,20 @@ def plan_inference(
     # splitting costs nothing where no window crosses the boundaries
     ranked = sorted(layouts, key=lambda lay: (run_count(lay), math.prod(lay.column_shape)))
     if budget is None:
+        batches = [
+            r.batch
+            if r.settings.sw_batch_size is not None
+            else max(1, min(r.batch, ACCUMULATOR_BYTES // (classes * math.prod(w) * 4)))
+            for r, w in zip(runs, windows)
+        ]
         for layout in ranked:
             acc = max(
                 classes * layout.accumulator_rows(w) * math.prod(layout.column_shape) * 4
                 for w in windows
             )
             if acc <= ACCUMULATOR_BYTES:
-                return plan(layout, requested)
-        return plan(min(layouts, key=lambda lay: math.prod(lay.column_shape)), requested)
+                return plan(layout, batches)
+        return plan(min(layouts, key=lambda lay: math.prod(lay.column_shape)), batches)
     for layout in ranked:
         for b in range(max(requested), 0, -1):
             candidate = plan(layout, [min(b, r) for r in requested])

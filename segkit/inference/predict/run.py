@@ -14,6 +14,7 @@ written (each atomically), and the error names what was written and what failed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -498,6 +499,26 @@ def _predict_nnunet_case(
     classes = model.spec.out_channels
     device = next(model.net.parameters()).device
     keep = pre.needs_logits(props) or opts.save_probabilities
+    # beside the engine: the whole case's float32 logits, and the export's per-class
+    # temporaries (two float64 channels on the cropped grid, the labels on the file's)
+    extra = 0
+    if keep:
+        cropped = math.prod(props["shape_after_cropping_and_before_resampling"])
+        extra = 4 * classes * math.prod(image.shape[1:]) + 18 * cropped
+        extra += 2 * math.prod(props["shape_before_cropping"])
+        if opts.save_probabilities:  # nnU-Net's export with probabilities: every class at once
+            extra += 12 * classes * math.prod(props["shape_before_cropping"])
+    budget = opts.max_memory_gb
+    if budget is not None and keep:
+        budget -= extra / 2**30
+        if budget <= 0.5:
+            raise ConfigError(
+                f"max_memory_gb={opts.max_memory_gb:g}: case '{case.case_id}' needs "
+                f"{extra / 2**30:.1f} GiB for nnU-Net's export of {classes} classes (the whole "
+                f"case's logits, resampled back) besides the sliding window. Fix: "
+                f"max_memory_gb={extra / 2**30 + 1:.1f} or more"
+                + (", or save_probabilities=false" if opts.save_probabilities else "")
+            )
     full = np.zeros((classes, *image.shape[1:]), dtype=np.float32) if keep else None
 
     def store(box: tuple[slice, ...], logits: torch.Tensor) -> None:
@@ -508,12 +529,15 @@ def _predict_nnunet_case(
         torch.from_numpy(image).to(device)[None],
         model.head,
         classes=classes,
-        max_memory_gb=opts.max_memory_gb,
         logits=store if keep else None,
         progress=opts.progress,
         average="logits",
+        max_memory_gb=budget,
     )
-    decisions = CaseDecisions(list(zip(result.decisions, sources)), memory=result.plan.describe())
+    memory = result.plan.describe()
+    if keep:
+        memory += f"; + {extra / 2**30:.2f} GiB of whole-case logits for nnU-Net's export"
+    decisions = CaseDecisions(list(zip(result.decisions, sources)), memory=memory)
     probs = None
     if full is None:
         seg = pre.invert(result.labels.cpu().numpy(), props)
