@@ -12,7 +12,6 @@ rebuilt from the config and the weights are loaded into it.
 from __future__ import annotations
 
 import pickle
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +122,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "because that can run code. Fix: use a checkpoint written by segkit's training "
             "from a source you trust."
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - damaged bytes break torch's reader many ways
         raise ConfigError(
             f"ckpt={path}: cannot be read ({type(err).__name__}: {str(err)[:200]}). The file "
             "is probably truncated or corrupt (an interrupted copy or a run killed while "
@@ -189,30 +188,44 @@ def load_model(
     _check_targets(path, hp["model"], trusted_targets)
     try:
         spec = UNetSpec.from_config(dict(hp["model"]))
-    except SegkitError as err:
+        net = UNet(spec)
+    except (SegkitError, TypeError, ValueError, RuntimeError, MemoryError) as err:
         raise _not_segkit(path, f"its model config is invalid: {err}") from err
-    net = UNet(spec)
     weights = network_weights(state)
     if not weights:
         raise _not_segkit(path, f"its state_dict has no '{NET_ATTRIBUTE}.*' weights")
-    result = net.load_state_dict(weights, strict=False)
+    try:
+        result = net.load_state_dict(weights, strict=False)
+    except (RuntimeError, TypeError) as err:  # a tensor of another shape, or no tensor
+        raise _not_segkit(path, f"weights do not fit the model config: {err}") from err
     if result.missing_keys or result.unexpected_keys:
         raise _not_segkit(
             path,
             f"weights do not fit the model config (missing {result.missing_keys[:3]}, "
             f"unexpected {result.unexpected_keys[:3]})",
         )
-    pre = hp.get("preprocessor")
-    preprocessor = Preprocessor.from_dict(dict(pre)) if pre else None
-    names = hp.get("label_names") or {i: f"class{i}" for i in range(spec.out_channels)}
+    # the values a damaged or foreign checkpoint holds are refused by name
+    try:
+        pre = hp.get("preprocessor")
+        preprocessor = Preprocessor.from_dict(dict(pre)) if pre else None
+        names = hp.get("label_names") or {i: f"class{i}" for i in range(spec.out_channels)}
+        label_names = {int(k): str(v) for k, v in names.items()}
+        patch_size = tuple(int(v) for v in hp["patch_size"])
+        slice_axis = int(hp.get("slice_axis", SLICE_AXIS))
+    except (SegkitError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise _not_segkit(path, f"its hyper_parameters are invalid ({err!r})") from err
+    if len(patch_size) != spec.spatial_dims or min(patch_size) < 1 or slice_axis not in (0, 1, 2):
+        raise _not_segkit(
+            path, f"hyper_parameters patch_size={list(patch_size)}, slice_axis={slice_axis}"
+        )
     return LoadedModel(
         net=net.to(device).eval(),
         spec=spec,
-        patch_size=tuple(int(v) for v in hp["patch_size"]),
-        label_names={int(k): str(v) for k, v in names.items()},
+        patch_size=patch_size,
+        label_names=label_names,
         preprocessor=preprocessor,
         path=path,
-        slice_axis=int(hp.get("slice_axis", SLICE_AXIS)),
+        slice_axis=slice_axis,
         calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
         head=_head(path, hp.get("output_head")),
         region_names=tuple(
