@@ -345,7 +345,7 @@ def run_search(
     if job is None and launcher_of(cfg) != "basic":
         from segkit.sweeps.submit import check_launcher
 
-        launcher = check_launcher(cfg, out=settings.out, url=url)
+        launcher = check_launcher(cfg, launcher_of(cfg), out=settings.out, url=url)
     settings.out.mkdir(parents=True, exist_ok=True)
     metric = str(cfg.get("optimized_metric") or "val/dice_mean")
     train_py = _train_py()
@@ -429,6 +429,7 @@ def _submit(
 
     settings = search.settings
     job = SearchJob(
+        run_search,
         without_launcher(overrides),
         {**values, "out": str(settings.out), "storage": None, "workers": 1},
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +39,23 @@ class SearchJob:
     command's overrides (launcher ones left out) and keys, in job mode.
 
     Attributes:
+        run: ``segkit.sweeps.search.run_search`` (handed in by the search, which imports this
+            module: pickled by name, so the job imports it where it runs).
         overrides: Hydra overrides of the search, without ``launcher=`` and
             ``hydra.launcher.*``.
         values: The command's keys; ``storage`` is not among them (a database password stays
             out of the pickled job: the URL reaches the job through its environment).
     """
 
-    def __init__(self, overrides: Sequence[str], values: Mapping[str, Any]) -> None:
+    def __init__(
+        self, run: Callable[..., int], overrides: Sequence[str], values: Mapping[str, Any]
+    ) -> None:
+        self.run = run
         self.overrides = list(overrides)
         self.values = dict(values)
 
     def __call__(self, job: int) -> int:
-        from segkit.sweeps.search import run_search
-
-        return run_search(self.overrides, self.values, job=job)
+        return self.run(self.overrides, self.values, job=job)
 
 
 class _Workers:
@@ -106,18 +109,17 @@ def node_local(path: Path) -> str | None:
     return None
 
 
-def check_launcher(cfg: Any, *, out: Path, url: str) -> str:
-    """The submitit launcher the search's workers go through.
+def check_launcher(cfg: Any, launcher: str, *, out: Path, url: str) -> str:
+    """``launcher`` (the composed ``hydra/launcher``), checked: the submitit launcher the
+    search's workers go through.
 
     Raises:
         ConfigError: The launcher cannot run a search (joblib; several tasks per job), or with
             SLURM the search directory or a SQLite storage is on a path other nodes
             cannot reach.
     """
-    from segkit.sweeps.search import launcher_of
     from segkit.sweeps.study import _hide_password
 
-    launcher = launcher_of(cfg)
     if launcher not in WORKERS:
         raise ConfigError(
             f"launcher={cfg.hydra.runtime.choices.get('launcher')}: segkit search cannot run "
