@@ -23,7 +23,7 @@ the output equals nnU-Net's array for array (tests/data/test_nnunet_preprocess.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -282,7 +282,9 @@ class NnUNetPreprocessor:
                 "(dataset.json 'regions_class_order')."
             )
         if not return_probabilities:  # labels only: one class at a time
-            return self.place_labels(self._labels(logits, props, regions_class_order), props)
+            return self.export_labels(
+                lambda c: logits[c], logits.shape[0], props, regions_class_order
+            )
         resampled = self._resample_logits(logits, props)
         probs = None
         if regions_class_order is not None or return_probabilities:
@@ -314,18 +316,40 @@ class NnUNetPreprocessor:
             self.probabilities_resampling,
         )
 
-    def _labels(
-        self, logits: np.ndarray, props: dict[str, Any], regions: Sequence[int] | None
+    def export_labels(
+        self,
+        channel: Callable[[int], np.ndarray],
+        channels: int,
+        props: dict[str, Any],
+        regions_class_order: Sequence[int] | None = None,
     ) -> np.ndarray:
-        """The export's labels, resampling one output channel at a time: the argmax kept as
-        a running maximum (the first of equal values wins, as ``argmax``), or each region's
-        sigmoid > 0.5 in order. The same labels as resampling every channel at once, in the
-        memory of two channels on the cropped grid instead of all of them."""
+        """:meth:`export`'s label map from logits handed out one output channel at a time.
+
+        Each channel (``channel(c)``: ``(*S)`` on the preprocessed grid) is resampled on its
+        own; the argmax is kept as a running maximum (the first of equal values wins, as
+        ``argmax``), or each region's sigmoid > 0.5 is written in order. The same labels as
+        resampling every channel at once, in the memory of two channels on the cropped grid;
+        the logits themselves may live on disk (``segkit predict`` spills them there).
+        """
         import torch
 
+        expected = tuple(props["shape_after_resampling"])
+        if regions_class_order is not None and len(regions_class_order) != channels:
+            raise DataError(
+                f"export: {channels} outputs but regions_class_order has "
+                f"{len(regions_class_order)} entries. Fix: one entry per region output "
+                "(dataset.json 'regions_class_order')."
+            )
+        regions = regions_class_order
         best = labels = None
-        for c in range(logits.shape[0]):
-            value = self._resample_logits(logits[c : c + 1], props)[0]
+        for c in range(channels):
+            logits = np.asarray(channel(c))
+            if logits.shape != expected:
+                raise DataError(
+                    f"export: channel {c} has shape {logits.shape}; expected {expected}, the "
+                    "preprocessed case's grid. Fix: pass the prediction of the whole case."
+                )
+            value = self._resample_logits(logits[None], props)[0]
             if labels is None:
                 labels = np.zeros(value.shape, dtype=np.uint16)
             if regions is not None:
@@ -338,7 +362,7 @@ class NnUNetPreprocessor:
                 better = value > best
                 labels[better] = c
                 np.copyto(best, value, where=better)
-        return labels
+        return self.place_labels(labels, props)
 
     def place_labels(self, labels: np.ndarray, props: dict[str, Any]) -> np.ndarray:
         """Labels on the cropped grid (before resampling) into the box, background around,

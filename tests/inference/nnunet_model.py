@@ -127,10 +127,12 @@ def make_folder(
         # the trainer makes its run folder under nnUNet_results; a scratch one here
         with _env(nnUNet_results=str(root / "results")), contextlib.redirect_stdout(io.StringIO()):
             trainer = nnUNetTrainer(trainer_plans, "3d_fullres", fold, dataset, torch.device("cpu"))
+        seed = int(fold) if fold != "all" else 7
+        torch.manual_seed(seed)  # nnU-Net's initialisation draws from the global generator
         net = trainer.build_network_architecture(
             manager, config, 1, label_manager.num_segmentation_heads, enable_deep_supervision=False
         )
-        _train(net, data, patch, label_manager, seed=int(fold) if fold != "all" else 7, steps=steps)
+        _train(net, data, patch, label_manager, seed=seed, steps=steps)
         trainer.network = net
         trainer.optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
         trainer.inference_allowed_mirroring_axes = (0, 1, 2)

@@ -30,7 +30,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, SegkitError
 from segkit.inference.predict.nnunet_folder import is_nnunet_folder, load_nnunet_folder
 from segkit.inference.predict.run import PredictOptions, predict
 from tests.inference import nnunet_model
@@ -60,7 +60,7 @@ CASES = [  # name, file shape, spacing (x, y, z mm), affine
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("nnunet")
-    folder = nnunet_model.make_folder(root, folds=(0, 1), steps=100)
+    folder = nnunet_model.make_folder(root, folds=(0, 1), steps=150)
     cases = root / "cases"
     cases.mkdir()
     for i, (name, shape, spacing, affine) in enumerate(CASES):
@@ -106,7 +106,7 @@ def nnunet_predict(
 
 
 def segkit_predict(folder: Path, cases: Path, out: Path, **options) -> Path:
-    opts = PredictOptions(progress=False, save_probabilities=True, **options)
+    opts = PredictOptions(progress=False, **{"save_probabilities": True, **options})
     predict(ckpt=str(folder), input=str(cases), output=str(out), options=opts, report=print)
     return out
 
@@ -131,6 +131,15 @@ def test_predicts_an_nnunet_model_folder_as_nnunet_predictor_does(model, tmp_pat
     # both folds averaged without mirroring; mirroring (8 passes a window) on fold 1 alone
     folds = ["1"] if mirror else None
     ours = segkit_predict(folder, cases, tmp_path / "segkit", tta=mirror, nnunet_folds=folds)
+    # without probabilities the logits go to disk and the export reads one class at a time
+    spilled = segkit_predict(
+        folder,
+        cases,
+        tmp_path / "spilled",
+        tta=mirror,
+        nnunet_folds=folds,
+        save_probabilities=False,
+    )
     runs = {"mirror": mirror, "folds": folds and [int(f) for f in folds]}
     ref32 = nnunet_predict(folder, cases, tmp_path / "ref32", float32=True, **runs)
     stock = nnunet_predict(folder, cases, tmp_path / "stock", float32=False, **runs)
@@ -142,6 +151,8 @@ def test_predicts_an_nnunet_model_folder_as_nnunet_predictor_does(model, tmp_pat
         top2 = np.sort(p32, axis=0)[-2:]
         decided = (top2[1] - top2[0]) > 2 * STORED
         assert np.array_equal(seg[decided], r32[decided]), name
+        assert np.array_equal(_labels(spilled, name)[decided], r32[decided]), name
+        assert not list(spilled.glob(".*")), "a temporary was left behind"
         # against nnU-Net as shipped: only where its float16 flips its own float32 label
         assert not np.any((seg != r16) & (r32 == r16)), name
         for k in (1, 2):
@@ -156,7 +167,7 @@ def test_region_and_resenc_model_folders(tmp_path, kind):
         folds=(0,),
         regions=kind == "regions",
         arch="ResidualEncoderUNet" if kind == "resenc" else "PlainConvUNet",
-        steps=150,
+        steps=300 if kind == "regions" else 150,
     )
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -195,3 +206,10 @@ def test_a_checkpoint_with_pickled_code_is_refused_not_run(model, tmp_path):
     torch.save(ck, bad / "fold_0" / "checkpoint_final.pth")
     with pytest.raises(ConfigError, match="refused to load"):
         load_nnunet_folder(bad)
+
+
+def test_a_budget_too_small_for_the_export_is_refused_naming_one_that_works(model, tmp_path):
+    folder, cases = model
+    opts = PredictOptions(progress=False, max_memory_gb=0.501, nnunet_folds=["0"])
+    with pytest.raises(SegkitError, match=r"nnU-Net's export of 3 classes.*max_memory_gb=1\.0"):
+        predict(ckpt=str(folder), input=str(cases), output=str(tmp_path), options=opts)

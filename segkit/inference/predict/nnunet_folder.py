@@ -169,6 +169,40 @@ def _labels(dataset: dict[str, Any], source: Path) -> tuple[OutputHead, dict[int
     return SOFTMAX, dict(sorted(classes.items())), ()
 
 
+class SpilledLogits:
+    """A case's float32 logits on disk, written tile by tile as the engine hands them out and
+    read back one class at a time: nnU-Net's export needs every class of the whole case, and
+    a 105-class body CT's are gigabytes (nnU-Net holds them in memory, in float16).
+
+    The file appends each tile's ``(K, *tile)`` block; reading class ``c`` gathers its slice
+    of every block. Reads and writes go through the file, never a memory map, so the data
+    stays in the page cache, not in the process' resident set. The file is removed on close.
+    """
+
+    def __init__(self, path: Path, classes: int, shape: tuple[int, ...]) -> None:
+        self.path, self.classes, self.shape = Path(path), int(classes), tuple(shape)
+        self._file = open(self.path, "w+b")  # noqa: SIM115 - closed by close()
+        self._blocks: list[tuple[tuple[slice, ...], int, tuple[int, ...]]] = []
+
+    def write(self, box: tuple[slice, ...], logits: torch.Tensor) -> None:
+        block = np.ascontiguousarray(logits.detach().cpu().numpy(), dtype=np.float32)
+        self._file.seek(0, 2)
+        self._blocks.append((box, self._file.tell(), block.shape[1:]))
+        self._file.write(block.tobytes())
+
+    def channel(self, c: int) -> np.ndarray:
+        out = np.empty(self.shape, dtype=np.float32)
+        for box, offset, shape in self._blocks:
+            n = int(np.prod(shape))
+            self._file.seek(offset + 4 * n * c)
+            out[box] = np.frombuffer(self._file.read(4 * n), dtype=np.float32).reshape(shape)
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass(frozen=True)
 class NnUNetInput:
     """The ``preprocessor`` of an nnU-Net model: nnU-Net's preprocessing, padding and export.
@@ -217,6 +251,15 @@ class NnUNetInput:
     def invert(self, labels: np.ndarray, props: dict[str, Any]) -> np.ndarray:
         """Labels on the padded grid onto the input's voxel grid (no resampling)."""
         return self.pre.place_labels(self.unpad(labels, props), props)
+
+    def export_labels(self, logits: SpilledLogits, props: dict[str, Any]) -> np.ndarray:
+        """nnU-Net's export of the labels, reading the logits one class at a time."""
+        return self.pre.export_labels(
+            lambda c: self.unpad(logits.channel(c), props),
+            logits.classes,
+            props,
+            self.regions_class_order,
+        )
 
     def export(
         self, logits: np.ndarray, props: dict[str, Any], *, return_probabilities: bool = False
@@ -358,6 +401,7 @@ __all__ = [
     "TILE_STEP",
     "NnUNetFolder",
     "NnUNetInput",
+    "SpilledLogits",
     "find_folds",
     "is_nnunet_folder",
     "load_nnunet_folder",

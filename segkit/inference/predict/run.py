@@ -47,6 +47,7 @@ from segkit.inference.predict.nnunet_folder import (
     CHECKPOINTS,
     TILE_STEP,
     NnUNetInput,
+    SpilledLogits,
     is_nnunet_folder,
     load_nnunet_folder,
 )
@@ -377,21 +378,26 @@ def check_dims(model: LoadedModel) -> None:
         raise ConfigError(f"prediction supports 2D and 3D models, not {model.spec.spatial_dims}D")
 
 
-def check_disk(output_dir: Path, case_id: str, classes: int, props: dict) -> None:
-    """Refuses ``save_probabilities`` before inference where the disk is short.
+def check_space(output_dir: Path, case_id: str, need: int, what: str, fix: str = "") -> None:
+    """Refuses, before inference, a case whose temporaries would not fit the disk.
 
     Raises:
         DataError: naming the case, the size it would take, the free space and the fix.
     """
-    need = probability_bytes(classes, props) * 3 // 2  # the two temporaries and the archive
     free = shutil.disk_usage(output_dir).free
     if need > free:
         raise DataError(
-            f"save_probabilities: case '{case_id}' needs about {need / 2**30:.1f} GiB of disk "
-            f"in {output_dir} for its float16 probabilities ({classes} classes), but "
-            f"{free / 2**30:.1f} GiB are free. Fix: free space there, choose another output=, "
-            "or save_probabilities=false"
+            f"{what}: case '{case_id}' needs about {need / 2**30:.1f} GiB of disk in "
+            f"{output_dir}, but {free / 2**30:.1f} GiB are free. Fix: free space there or "
+            f"choose another output={fix}"
         )
+
+
+def check_disk(output_dir: Path, case_id: str, classes: int, props: dict) -> None:
+    """Refuses ``save_probabilities`` before inference where the disk is short (the two
+    float16 temporaries and the archive)."""
+    need = probability_bytes(classes, props) * 3 // 2
+    check_space(output_dir, case_id, need, "save_probabilities", ", or save_probabilities=false")
 
 
 def _temp_npy(output_dir: Path, case_id: str, tag: str) -> Path:
@@ -491,61 +497,76 @@ def _predict_nnunet_case(
 ) -> tuple[Path, CaseDecisions]:
     """One case of an nnU-Net model folder: the folds' logits averaged, nnU-Net's export.
 
-    The export resamples logits, not labels: whole-case logits are kept only where the
-    preprocessing resampled (or probabilities are saved); otherwise the labels come tile by
-    tile, as for segkit's models.
+    The export resamples logits, not labels. Where the preprocessing resampled, the engine's
+    logit tiles go to a file beside the outputs (:class:`SpilledLogits`) and the export reads
+    them back one class at a time; with ``save_probabilities`` they are kept in memory (the
+    probabilities of every class are written at once). Where nothing was resampled, the labels
+    come tile by tile, as for segkit's models.
     """
     pre = model.preprocessor
     classes = model.spec.out_channels
     device = next(model.net.parameters()).device
-    keep = pre.needs_logits(props) or opts.save_probabilities
-    # beside the engine: the whole case's float32 logits, and the export's per-class
-    # temporaries (two float64 channels on the cropped grid, the labels on the file's)
+    resampled = pre.needs_logits(props)
+    spill = resampled and not opts.save_probabilities
+    voxels = math.prod(image.shape[1:])
+    # beside the engine: the export's temporaries (two float64 channels on the cropped grid,
+    # the labels on the file's), and with probabilities the whole case's logits and output
     extra = 0
-    if keep:
-        cropped = math.prod(props["shape_after_cropping_and_before_resampling"])
-        extra = 4 * classes * math.prod(image.shape[1:]) + 18 * cropped
+    if resampled or opts.save_probabilities:
+        extra = 18 * math.prod(props["shape_after_cropping_and_before_resampling"])
         extra += 2 * math.prod(props["shape_before_cropping"])
-        if opts.save_probabilities:  # nnU-Net's export with probabilities: every class at once
-            extra += 12 * classes * math.prod(props["shape_before_cropping"])
+    if opts.save_probabilities:
+        extra += 4 * classes * voxels + 12 * classes * math.prod(props["shape_before_cropping"])
+    if spill:
+        check_space(output_dir, case.case_id, 4 * classes * voxels, "nnU-Net's export")
     budget = opts.max_memory_gb
-    if budget is not None and keep:
+    if budget is not None and extra:
         budget -= extra / 2**30
         if budget <= 0.5:
             raise ConfigError(
                 f"max_memory_gb={opts.max_memory_gb:g}: case '{case.case_id}' needs "
-                f"{extra / 2**30:.1f} GiB for nnU-Net's export of {classes} classes (the whole "
-                f"case's logits, resampled back) besides the sliding window. Fix: "
-                f"max_memory_gb={extra / 2**30 + 1:.1f} or more"
+                f"{extra / 2**30:.1f} GiB for nnU-Net's export of {classes} classes besides "
+                f"the sliding window. Fix: max_memory_gb={extra / 2**30 + 1:.1f} or more"
                 + (", or save_probabilities=false" if opts.save_probabilities else "")
             )
-    full = np.zeros((classes, *image.shape[1:]), dtype=np.float32) if keep else None
-
-    def store(box: tuple[slice, ...], logits: torch.Tensor) -> None:
-        full[(slice(None), *box)] = logits.cpu().numpy()
-
-    result = segment(
-        runs,
-        torch.from_numpy(image).to(device)[None],
-        model.head,
-        classes=classes,
-        logits=store if keep else None,
-        progress=opts.progress,
-        average="logits",
-        max_memory_gb=budget,
-    )
-    memory = result.plan.describe()
-    if keep:
-        memory += f"; + {extra / 2**30:.2f} GiB of whole-case logits for nnU-Net's export"
-    decisions = CaseDecisions(list(zip(result.decisions, sources)), memory=memory)
-    probs = None
-    if full is None:
-        seg = pre.invert(result.labels.cpu().numpy(), props)
+    full = store = None
+    if spill:
+        temp = _temp_npy(output_dir, case.case_id, "logits")
+        store = SpilledLogits(temp, classes, image.shape[1:])
     elif opts.save_probabilities:
-        seg, probs = pre.export(full, props, return_probabilities=True)
-    else:
-        seg = pre.export(full, props)
-    full = None  # before the label map is written
+        full = np.zeros((classes, *image.shape[1:]), dtype=np.float32)
+
+        def keep(box: tuple[slice, ...], logits: torch.Tensor) -> None:
+            full[(slice(None), *box)] = logits.cpu().numpy()
+
+    try:
+        result = segment(
+            runs,
+            torch.from_numpy(image).to(device)[None],
+            model.head,
+            classes=classes,
+            logits=store.write if store else keep if full is not None else None,
+            progress=opts.progress,
+            average="logits",
+            max_memory_gb=budget,
+        )
+        probs = None
+        if store is not None:
+            seg = pre.export_labels(store, props)
+        elif full is not None:
+            seg, probs = pre.export(full, props, return_probabilities=True)
+            full = None
+        else:
+            seg = pre.invert(result.labels.cpu().numpy(), props)
+    finally:
+        if store is not None:
+            store.close()
+    memory = result.plan.describe()
+    if extra or spill:
+        memory += f"; export: + {extra / 2**30:.2f} GiB" + (
+            f", {4 * classes * voxels / 2**30:.2f} GiB of logits on disk" if spill else ""
+        )
+    decisions = CaseDecisions(list(zip(result.decisions, sources)), memory=memory)
     if opts.postprocess:
         seg = apply_postprocessing(seg, opts.postprocess)
     out = output_dir / _output_name(case)
