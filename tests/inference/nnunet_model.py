@@ -27,24 +27,28 @@ LABELS = {"background": 0, "core": 1, "rim": 2}
 REGIONS = {"background": 0, "whole": [1, 2], "core": [1]}
 
 
-def plans(*, patch=(16, 32, 32), spacing=(2.0, 1.0, 1.0), arch="PlainConvUNet") -> dict:
-    """A small 3d_fullres configuration of the Dataset005 plans, one z-scored channel."""
+def plans(
+    *, patch=(16, 32, 32), spacing=(2.0, 1.0, 1.0), arch="PlainConvUNet", configuration="3d_fullres"
+) -> dict:
+    """A small configuration (``3d_fullres`` or ``2d``) of the Dataset005 plans, one z-scored
+    channel (a 2D patch and spacing have two entries)."""
     p = json.loads((TEMPLATE / "nnUNetPlans.json").read_text())
     if arch == "ResidualEncoderUNet":
         p = json.loads((TEMPLATE / "nnUNetResEncUNetLPlans.json").read_text())
-    p["configurations"] = {"3d_fullres": p["configurations"]["3d_fullres"]}
-    c = p["configurations"]["3d_fullres"]
+    p["configurations"] = {configuration: p["configurations"][configuration]}
+    c = p["configurations"][configuration]
     c["patch_size"] = list(patch)
     c["spacing"] = list(spacing)
     c["batch_size"] = 2
     c["normalization_schemes"] = ["ZScoreNormalization"]
     c["use_mask_for_norm"] = [False]
     kw = c["architecture"]["arch_kwargs"]
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
     kw.update(
         n_stages=3,
         features_per_stage=[4, 8, 16],
-        kernel_sizes=[[3, 3, 3]] * 3,
-        strides=[[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        kernel_sizes=[[3] * len(patch)] * 3,
+        strides=[s[-len(patch) :] for s in strides],
         n_conv_per_stage_decoder=[1, 1],
     )
     if arch == "ResidualEncoderUNet":
@@ -83,16 +87,20 @@ def make_folder(
     patch=(16, 32, 32),
     spacing=(2.0, 1.0, 1.0),
     classes: int | None = None,
+    trainer: str = "nnUNetTrainer",
 ) -> Path:
     """``root/model``: a trained nnU-Net model folder (see the module docstring).
 
     ``classes``: that many labels (background included) instead of three, for memory
-    benchmarks (train with ``steps=0``: the weights stay nnU-Net's initialisation)."""
+    benchmarks (train with ``steps=0``: the weights stay nnU-Net's initialisation). A 2D
+    ``patch`` makes a ``2d`` configuration; ``trainer="nnUNetTrainerNoMirroring"`` one whose
+    checkpoints allow no test-time mirroring."""
     from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    p = plans(patch=patch, spacing=spacing, arch=arch)
+    configuration = "2d" if len(patch) == 2 else "3d_fullres"
+    p = plans(patch=patch, spacing=spacing, arch=arch, configuration=configuration)
     dataset = {
         "channel_names": {"0": "MRI"},
         "labels": REGIONS if regions else LABELS if classes is None else _many(classes),
@@ -110,7 +118,7 @@ def make_folder(
         write_case(img, shape, (1.0, 1.0, 2.0), seed=i, label_path=lab)
         cases.append((img, lab))
     manager = PlansManager(copy.deepcopy(p))
-    config = manager.get_configuration("3d_fullres")
+    config = manager.get_configuration(configuration)
     pre = DefaultPreprocessor(verbose=False)
     data = []
     for img, lab in cases:
@@ -125,22 +133,29 @@ def make_folder(
         trainer_plans = copy.deepcopy(p)
         trainer_plans["continue_training"] = False
         # the trainer makes its run folder under nnUNet_results; a scratch one here
+        cls = nnUNetTrainer
+        if trainer == "nnUNetTrainerNoMirroring":
+            from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoMirroring import (  # noqa: E501
+                nnUNetTrainerNoMirroring as cls,
+            )
         with _env(nnUNet_results=str(root / "results")), contextlib.redirect_stdout(io.StringIO()):
-            trainer = nnUNetTrainer(trainer_plans, "3d_fullres", fold, dataset, torch.device("cpu"))
+            t = cls(trainer_plans, configuration, fold, dataset, torch.device("cpu"))
         seed = int(fold) if fold != "all" else 7
         torch.manual_seed(seed)  # nnU-Net's initialisation draws from the global generator
-        net = trainer.build_network_architecture(
+        net = t.build_network_architecture(
             manager, config, 1, label_manager.num_segmentation_heads, enable_deep_supervision=False
         )
         _train(net, data, patch, label_manager, seed=seed, steps=steps)
-        trainer.network = net
-        trainer.optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
-        trainer.inference_allowed_mirroring_axes = (0, 1, 2)
-        trainer._best_ema = np.float64(0.5)
+        t.network = net
+        t.optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+        # what training sets up before its first epoch: the mirroring inference may use
+        with contextlib.redirect_stdout(io.StringIO()):
+            t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        t._best_ema = np.float64(0.5)
         for epoch in range(2):  # a real run's log: numpy floats
-            trainer.logger.log("mean_fg_dice", np.float32(0.4 + 0.1 * epoch), epoch)
+            t.logger.log("mean_fg_dice", np.float32(0.4 + 0.1 * epoch), epoch)
         (out / f"fold_{fold}").mkdir()
-        trainer.save_checkpoint(str(out / f"fold_{fold}" / "checkpoint_final.pth"))
+        t.save_checkpoint(str(out / f"fold_{fold}" / "checkpoint_final.pth"))
     return out
 
 
@@ -172,6 +187,9 @@ def _train(net, data, patch, label_manager, *, seed: int, steps: int) -> None:
         xs, ys = [], []
         for _ in range(2):
             x, y = data[int(torch.randint(len(data), (1,), generator=gen))]
+            if len(patch) == 2:  # a 2D configuration trains on slices across axis 0
+                z = int(torch.randint(x.shape[1], (1,), generator=gen))
+                x, y = x[:, z], y[:, z]
             lo = [
                 int(torch.randint(max(1, s - p + 1), (1,), generator=gen))
                 for s, p in zip(x.shape[1:], patch)

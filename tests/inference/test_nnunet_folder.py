@@ -86,7 +86,11 @@ def nnunet_predict(
         verbose_preprocessing=False,
         allow_tqdm=False,
     )
-    pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    with pytest.MonkeyPatch.context() as mp:
+        # nnU-Net finds the trainer class by importing every trainer module, some of which
+        # need timm (not installed here): hand it the class the folder names
+        mp.setattr(raw, "recursive_find_trainer_class_by_name", lambda *a, **k: _trainer(a[0]))
+        pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
     files = [[str(f)] for f in sorted(cases.glob("*_0000.nii.gz"))]
     if not float32:
         pred.predict_from_files_sequential(files, str(out), True, True, None)
@@ -103,6 +107,18 @@ def nnunet_predict(
         mp.setattr(raw, "compute_gaussian", gaussian)
         pred.predict_from_files_sequential(files, str(out), True, True, None)
     return out
+
+
+def _trainer(name: str) -> type:
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation import (
+        nnUNetTrainerNoMirroring,
+    )
+
+    return {
+        "nnUNetTrainer": nnUNetTrainer.nnUNetTrainer,
+        "nnUNetTrainerNoMirroring": nnUNetTrainerNoMirroring.nnUNetTrainerNoMirroring,
+    }[name]
 
 
 def segkit_predict(folder: Path, cases: Path, out: Path, **options) -> Path:
@@ -160,20 +176,25 @@ def test_predicts_an_nnunet_model_folder_as_nnunet_predictor_does(model, tmp_pat
             assert _dice(seg, r16, k) >= 0.999, (name, k, _dice(seg, r16, k))
 
 
-@pytest.mark.parametrize("kind", ["regions", "resenc"])
-def test_region_and_resenc_model_folders(tmp_path, kind):
-    folder = nnunet_model.make_folder(
-        tmp_path,
-        folds=(0,),
-        regions=kind == "regions",
-        arch="ResidualEncoderUNet" if kind == "resenc" else "PlainConvUNet",
-        steps=300 if kind == "regions" else 150,
-    )
+FOLDERS = {  # make_folder's arguments; whether the comparison runs each tool's default mirroring
+    "regions": ({"regions": True, "steps": 300}, False),
+    "resenc": ({"arch": "ResidualEncoderUNet", "steps": 150}, False),
+    "2d": ({"patch": (32, 32), "spacing": (1.0, 1.0), "steps": 150}, True),
+    "no-mirroring-trainer": ({"trainer": "nnUNetTrainerNoMirroring", "steps": 150}, True),
+}
+
+
+@pytest.mark.parametrize("kind", list(FOLDERS))
+def test_region_resenc_2d_and_no_mirroring_model_folders(tmp_path, kind):
+    # "defaults": segkit's tta default against nnU-Net's use_mirroring=True: mirroring over the
+    # checkpoint's axes (2D: its two), none for a NoMirroring trainer (it allows none)
+    make, defaults = FOLDERS[kind]
+    folder = nnunet_model.make_folder(tmp_path, folds=(0,), **make)
     cases = tmp_path / "cases"
     cases.mkdir()
     nnunet_model.write_case(cases / "a_0000.nii.gz", (41, 47, 19), (1.3, 0.8, 1.7), seed=3)
-    ours = segkit_predict(folder, cases, tmp_path / "segkit", tta=False)
-    ref = nnunet_predict(folder, cases, tmp_path / "ref", mirror=False, float32=True)
+    ours = segkit_predict(folder, cases, tmp_path / "segkit", tta=None if defaults else False)
+    ref = nnunet_predict(folder, cases, tmp_path / "ref", mirror=defaults, float32=True)
     seg, r32 = _labels(ours, "a"), _labels(ref, "a")
     p, p32 = _probs(ours, "a", nnunet=False), _probs(ref, "a", nnunet=True)
     assert float(np.abs(p - p32).max()) <= STORED

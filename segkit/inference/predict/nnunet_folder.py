@@ -14,7 +14,8 @@ allow-listed here; never ``weights_only=False``), and predicted as nnU-Net's
   at least the patch (``pad_nd_image``);
 - **sliding window**: the engine with nnU-Net's window placement and Gaussian
   (:mod:`segkit.inference.engine.windows`) at nnU-Net's ``tile_step_size`` 0.5, mirroring over
-  the checkpoint's ``inference_allowed_mirroring_axes`` (on unless ``tta=false``), the folds'
+  the checkpoint's ``inference_allowed_mirroring_axes`` (on unless ``tta=false``; none where
+  the checkpoint allows none, as ``*NoMirroring`` trainers and TotalSegmentator's), the folds'
   logits averaged;
 - **export**: nnU-Net's (the logits resampled to the cropped shape, argmax or regions, put back
   into the box, back to the file's voxel order).
@@ -281,14 +282,15 @@ class NnUNetFolder:
         path: the folder.
         configuration: the checkpoints' configuration (e.g. ``3d_fullres``).
         trainer: the trainer class that wrote them.
-        mirror_axes: the checkpoint's ``inference_allowed_mirroring_axes`` (None: all).
+        mirror_axes: the checkpoint's ``inference_allowed_mirroring_axes``; ``()`` where it
+            allows none (nnU-Net's predictor then never mirrors).
         folds: the folds loaded.
     """
 
     path: Path
     configuration: str
     trainer: str
-    mirror_axes: tuple[int, ...] | None
+    mirror_axes: tuple[int, ...]
     folds: tuple[str, ...]
 
     def describe(self) -> str:
@@ -353,8 +355,9 @@ def load_nnunet_folder(
     model, cls = model_from_plans(cfg, list(range(ndim)), resenc_family=resenc)
     spec = UNetSpec.from_config(dict(model, in_channels=channels, out_channels=outputs))
     pre = preprocessor_from_plans(plans, configuration)
+    # None (a *NoMirroring trainer): nnU-Net's predictor mirrors nothing, whatever it is told
     mirror = first.get("inference_allowed_mirroring_axes")
-    mirror_axes = None if mirror is None else tuple(int(a) for a in mirror)
+    mirror_axes = () if mirror is None else tuple(int(a) for a in mirror)
     trainer = str(first.get("trainer_name") or "nnUNetTrainer")
     models = []
     for (_, path), ck in zip(chosen, ckpts):

@@ -150,13 +150,15 @@ class PredictOptions:
     def settings(self, model: LoadedModel) -> tuple[InferenceSettings, str]:
         """The engine settings for ``model`` and where its overlap and window came from."""
         if model.origin == "nnunet":  # nnU-Net's predictor: sliding, step 0.5, mirroring
+            # over the checkpoint's allowed axes; tta=true where it allows none: every axis
+            allowed = model.mirror_axes
             settings = InferenceSettings(
                 mode="sliding" if self.mode == "auto" else self.mode,
                 overlap=1 - TILE_STEP if self.overlap is None else self.overlap,
                 window_scale=1.0 if self.window_scale is None else self.window_scale,
                 sw_batch_size=self.sw_batch_size,
-                tta=True if self.tta is None else self.tta,
-                mirror_axes=model.mirror_axes,
+                tta=bool(allowed) if self.tta is None else self.tta,
+                mirror_axes=allowed or None,
             )
             given = self.overlap is not None or self.window_scale is not None
             return settings, "given" if given else f"nnU-Net's tile step {TILE_STEP:g}"
