@@ -200,7 +200,7 @@ def parse(command: Command, argv: Sequence[str]) -> Arguments:
             if command.hydra:
                 out.overrides.append(word)  # Hydra names what is wrong with it
                 continue
-            what = f"key {name!r}" if sep else f"argument {word!r} (not key=value)"
+            what = f"key {name!r}" if sep and name else f"argument {word!r} (not key=value)"
             raise _unknown(command, what)
         if key.name in positional:
             positional.remove(key.name)

@@ -11,9 +11,11 @@ import json
 import sys
 from collections.abc import Sequence
 
+from omegaconf.errors import InterpolationResolutionError
+
 from segkit.args import Arguments, Command, Key, help_text, parse, signature_defaults
 from segkit.config import config_help
-from segkit.errors import SegkitError
+from segkit.errors import DataError, SegkitError, interpolation_error, refuse
 from segkit.table import format_table
 
 PLAN_HELP = """\
@@ -145,7 +147,13 @@ def cmd_make_demo(args: Arguments) -> int:
     given = dict(args.values)
     if "dir" in given:
         given["root"] = Path(given.pop("dir"))
-    root = make_demo(**given)
+    try:
+        root = make_demo(**given)
+    except OSError as err:
+        raise DataError(
+            f"{given.get('root', 'dir')}: the demo cannot be written there ({err}). Fix: "
+            "choose another directory, e.g. segkit make-demo data/demo"
+        ) from err
     print(f"demo dataset written to {root}")
     return 0
 
@@ -352,8 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return command.run(parse(command, words[1:]))
     except SegkitError as exc:
-        print(f"segkit {command.name}: error: {exc}", file=sys.stderr)
-        return 2
+        return refuse(f"segkit {command.name}", exc)
+    except InterpolationResolutionError as exc:  # an override's ${...} names nothing
+        return refuse(f"segkit {command.name}", interpolation_error(exc))
 
 
 if __name__ == "__main__":

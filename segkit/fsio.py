@@ -20,6 +20,22 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def read_json(path: Path, **kwargs: Any) -> Any:
+    """A JSON file's content. Whatever makes its bytes not JSON raises ``ValueError``
+    (``json.JSONDecodeError``, ``UnicodeDecodeError``, and nesting too deep for the
+    parser, which Python reports as ``RecursionError``); reading it raises ``OSError``.
+
+    Args:
+        path: The file.
+        kwargs: Passed to ``json.loads`` (``object_pairs_hook``).
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text, **kwargs)
+    except RecursionError as err:
+        raise ValueError("arrays or objects nested too deeply") from err
+
+
 def _temp_sibling(path: Path, suffix: str) -> Path:
     # Same directory so os.replace is an atomic rename on the same filesystem;
     # leading dot + ".tmp-" lets cleanup find leftovers of a crashed run.

@@ -26,6 +26,12 @@ UPSAMPLES = ("transposed", "interpolate", "mednext")
 SKIP_MERGES = ("concat", "add")
 SHORTCUTS = ("conv", "avgpool")
 STEMS = ("none", "conv", "conv1x1")
+# Far beyond any network's; a larger value (a damaged file's 2**31) would build modules
+# until memory runs out instead of failing.
+MAX_DEPTH = 64
+MAX_REPEATS = 1000
+MAX_SIZE = 1024  # a kernel, stride or dilation along one axis
+MAX_CHANNELS = 2**16
 
 Axes = tuple[int, ...]
 Choice = tuple[str, tuple[tuple[str, Any], ...]]
@@ -44,7 +50,14 @@ def _as_list(value: Any) -> list | None:
     return None
 
 
-def _positive_int(value: Any, key: str, *, minimum: int = 1, stage: int | None = None) -> int:
+def _positive_int(
+    value: Any,
+    key: str,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+    stage: int | None = None,
+) -> int:
     where = "" if stage is None else f" (stage {stage})"
     if not _is_int(value):
         raise ConfigError(
@@ -52,26 +65,31 @@ def _positive_int(value: Any, key: str, *, minimum: int = 1, stage: int | None =
         )
     if value < minimum:
         raise ConfigError(f"model.{key}{where}: must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"model.{key}{where}: must be <= {maximum}, got {value}")
     return int(value)
 
 
-def per_stage(value: Any, key: str, stages: int, *, minimum: int = 1) -> tuple[int, ...]:
+def per_stage(
+    value: Any, key: str, stages: int, *, minimum: int = 1, maximum: int | None = None
+) -> tuple[int, ...]:
     """A scalar or a list of ``stages`` integers → ``stages`` integers."""
     items = _as_list(value)
     if items is None:
-        return (_positive_int(value, key, minimum=minimum),) * stages
+        return (_positive_int(value, key, minimum=minimum, maximum=maximum),) * stages
     if len(items) != stages:
         raise ConfigError(
             f"model.{key}: expected one value per stage ({stages} items) or a scalar, "
             f"got {len(items)} items: {items!r}"
         )
     return tuple(
-        _positive_int(v, f"{key}[{i}]", minimum=minimum, stage=i) for i, v in enumerate(items)
+        _positive_int(v, f"{key}[{i}]", minimum=minimum, maximum=maximum, stage=i)
+        for i, v in enumerate(items)
     )
 
 
 def per_stage_axes(
-    value: Any, key: str, stages: int, ndim: int, *, minimum: int = 1
+    value: Any, key: str, stages: int, ndim: int, *, minimum: int = 1, maximum: int = MAX_SIZE
 ) -> tuple[Axes, ...]:
     """A scalar, a per-stage list, or a per-stage list of per-axis lists → ``stages × ndim``.
 
@@ -81,7 +99,7 @@ def per_stage_axes(
     """
     items = _as_list(value)
     if items is None:
-        v = _positive_int(value, key, minimum=minimum)
+        v = _positive_int(value, key, minimum=minimum, maximum=maximum)
         return ((v,) * ndim,) * stages
     if len(items) != stages:
         hint = ""
@@ -98,7 +116,8 @@ def per_stage_axes(
     for i, item in enumerate(items):
         axes = _as_list(item)
         if axes is None:
-            out.append((_positive_int(item, f"{key}[{i}]", minimum=minimum),) * ndim)
+            v = _positive_int(item, f"{key}[{i}]", minimum=minimum, maximum=maximum)
+            out.append((v,) * ndim)
             continue
         if len(axes) != ndim:
             raise ConfigError(
@@ -106,7 +125,10 @@ def per_stage_axes(
                 f"(spatial_dims={ndim}), got {axes!r}"
             )
         out.append(
-            tuple(_positive_int(a, f"{key}[{i}][{j}]", minimum=minimum) for j, a in enumerate(axes))
+            tuple(
+                _positive_int(a, f"{key}[{i}][{j}]", minimum=minimum, maximum=maximum)
+                for j, a in enumerate(axes)
+            )
         )
     return tuple(out)
 
@@ -288,17 +310,18 @@ class UNetSpec:
         ndim = raw.get("spatial_dims", 3)
         if ndim not in (1, 2, 3) or not _is_int(ndim):
             raise ConfigError(f"model.spatial_dims: must be 2 or 3 (or 1), got {ndim!r}")
-        depth = _positive_int(raw.get("depth", 5), "depth")
-        in_ch = _positive_int(raw.get("in_channels", 1), "in_channels")
-        out_ch = _positive_int(raw.get("out_channels", 2), "out_channels")
+        depth = _positive_int(raw.get("depth", 5), "depth", maximum=MAX_DEPTH)
+        wide = MAX_CHANNELS
+        in_ch = _positive_int(raw.get("in_channels", 1), "in_channels", maximum=wide)
+        out_ch = _positive_int(raw.get("out_channels", 2), "out_channels", maximum=wide)
 
         channels_raw = raw.get("channels", 32)
         if _as_list(channels_raw) is None:
-            base = _positive_int(channels_raw, "channels")
-            cap = _positive_int(raw.get("max_channels", 320), "max_channels")
+            base = _positive_int(channels_raw, "channels", maximum=wide)
+            cap = _positive_int(raw.get("max_channels", 320), "max_channels", maximum=wide)
             channels = tuple(min(base * 2**i, cap) for i in range(depth))
         else:
-            channels = per_stage(channels_raw, "channels", depth)
+            channels = per_stage(channels_raw, "channels", depth, maximum=wide)
 
         kernel = per_stage_axes(raw.get("kernel_size", 3), "kernel_size", depth, ndim)
         dilation = per_stage_axes(raw.get("dilation", 1), "dilation", depth, ndim)
@@ -314,10 +337,11 @@ class UNetSpec:
                 f"{list(strides[0])}; list one stride per stage starting with 1, e.g. "
                 f"strides: [1, 2, 2, ...] ({depth} items)"
             )
-        convs = per_stage(raw.get("convs_per_stage", 2), "convs_per_stage", depth)
-        convs_dec = _decoder(raw, "convs_per_stage_decoder", depth, convs[: depth - 1])
-        blocks = per_stage(raw.get("blocks_per_stage", 1), "blocks_per_stage", depth)
-        blocks_dec = _decoder(raw, "blocks_per_stage_decoder", depth, (1,) * (depth - 1))
+        many = MAX_REPEATS
+        convs = per_stage(raw.get("convs_per_stage", 2), "convs_per_stage", depth, maximum=many)
+        convs_dec = _decoder(raw, "convs_per_stage_decoder", depth, convs[: depth - 1], many)
+        blocks = per_stage(raw.get("blocks_per_stage", 1), "blocks_per_stage", depth, maximum=many)
+        blocks_dec = _decoder(raw, "blocks_per_stage_decoder", depth, (1,) * (depth - 1), many)
 
         shorthand = parse_block(raw.get("block", "plain"), "block")
         enc_block = _maybe(raw, "encoder_block", parse_block) or shorthand
@@ -325,12 +349,12 @@ class UNetSpec:
         exp_raw = raw.get("expansion")
         if exp_raw is None:
             exp_raw = _DEFAULT_EXPANSION.get(enc_block[0], 2)
-        expansion = per_stage(exp_raw, "expansion", depth)
+        expansion = per_stage(exp_raw, "expansion", depth, maximum=MAX_REPEATS)
         if raw.get("expansion_decoder") is None and dec_block[0] != enc_block[0]:
             default_dec = (_DEFAULT_EXPANSION.get(dec_block[0], 2),) * (depth - 1)
         else:
             default_dec = expansion[: depth - 1]
-        expansion_dec = _decoder(raw, "expansion_decoder", depth, default_dec)
+        expansion_dec = _decoder(raw, "expansion_decoder", depth, default_dec, MAX_REPEATS)
 
         upsample = _one_of(raw.get("upsample", "transposed"), "upsample", UPSAMPLES)
         up_raw = raw.get("up_kernel_size")
@@ -349,7 +373,9 @@ class UNetSpec:
                     "(or conv1x1) or remove stem_channels"
                 )
         else:
-            stem_ch = channels[0] if stem_ch is None else _positive_int(stem_ch, "stem_channels")
+            if stem_ch is not None:
+                stem_ch = _positive_int(stem_ch, "stem_channels", maximum=wide)
+            stem_ch = channels[0] if stem_ch is None else stem_ch
 
         dropout = raw.get("dropout", 0.0)
         if (
@@ -509,8 +535,12 @@ def _maybe(raw: Mapping[str, Any], key: str, parse: Any) -> Any:
 
 
 def _decoder(
-    raw: Mapping[str, Any], key: str, depth: int, default: tuple[int, ...]
+    raw: Mapping[str, Any],
+    key: str,
+    depth: int,
+    default: tuple[int, ...],
+    maximum: int | None = None,
 ) -> tuple[int, ...]:
     """A per-decoder-stage key (``depth − 1`` items, stage = resolution level); null → default."""
     value = raw.get(key)
-    return default if value is None else per_stage(value, key, depth - 1)
+    return default if value is None else per_stage(value, key, depth - 1, maximum=maximum)

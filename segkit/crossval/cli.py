@@ -71,7 +71,7 @@ def cmd_select(args: Arguments) -> int:
     from segkit.crossval.select import select
 
     kv = dict(args.values)
-    select(kv.pop("cv_dirs"), **kv)
+    select([str(d) for d in kv.pop("cv_dirs")], **kv)  # folders, whatever they look like
     return 0
 
 

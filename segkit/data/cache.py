@@ -50,7 +50,7 @@ from segkit.data.fingerprint import (
 from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
 from segkit.data.preprocess import IntensityStats, Preprocessor
 from segkit.errors import ConfigError, DataError
-from segkit.fsio import file_lock, save_json_atomic, save_npy_atomic
+from segkit.fsio import file_lock, read_json, save_json_atomic, save_npy_atomic
 
 CACHE_VERSION = 1
 MAX_FG_PER_CLASS = 10_000
@@ -95,6 +95,10 @@ def resolve_normalization(request: str | Sequence[str], channel_names: Sequence[
     """Per-channel scheme from ``"auto"``/a scheme name/a list of names."""
     if isinstance(request, str):
         request = [request] * len(channel_names)
+    if not isinstance(request, Sequence):
+        raise ConfigError(
+            f"data.normalization={request!r}: expected auto, zscore, ct, none or one per channel."
+        )
     request = list(request)
     if len(request) != len(channel_names):
         raise ConfigError(
@@ -306,13 +310,13 @@ def _fill_cache(
 
     pre_path = out / "preprocessor.json"
     if pre_path.is_file():
-        preprocessor = Preprocessor.from_dict(json.loads(pre_path.read_text()))
+        preprocessor = _cache_json(pre_path, Preprocessor.from_dict)
     else:
         info = dataset.info
         schemes = resolve_normalization(normalization, info.channel_names)
         fp_path = out / "fingerprint.json"
         if fp_path.is_file():
-            fingerprint = json.loads(fp_path.read_text())
+            fingerprint = _cache_json(fp_path)
             _check_intensity_stats(fingerprint, schemes, dataset)
         else:
             fingerprint, computed = compute_fingerprint(
@@ -369,7 +373,19 @@ def load_props(cases_dir: Path, case_id: str) -> dict[str, Any]:
             f"{path}: case '{case_id}' is not preprocessed. Fix: call "
             "SegDataModule.prepare_data() (or preprocess_dataset) first."
         )
-    return json.loads(path.read_text())
+    return _cache_json(path)
+
+
+def _cache_json(path: Path, parse: Callable[[Any], Any] = dict) -> Any:
+    """A JSON file of the cache, parsed; a damaged one is refused by name, with the fix."""
+    try:
+        return parse(read_json(path))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        folder = path.parent.parent if path.parent.name == "cases" else path.parent
+        raise DataError(
+            f"{path}: a damaged file of segkit's preprocessing cache ({type(err).__name__}: "
+            f"{err}). Fix: rm -r {folder} (the next run preprocesses again)"
+        ) from err
 
 
 def open_case(cases_dir: Path, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

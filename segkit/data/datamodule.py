@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from segkit.config import path_value
 from segkit.data.augment import BatchAugment
 from segkit.data.cache import PreprocessedDataset, preprocess_dataset
 from segkit.data.demo import make_demo
@@ -20,7 +20,7 @@ from segkit.data.layouts import DatasetInfo, read_dataset_info
 from segkit.data.preprocess import Preprocessor
 from segkit.data.sampling import CaseDataset, EpochSampler, PatchDataset, _check_patch_size
 from segkit.errors import ConfigError, DataError
-from segkit.fsio import file_lock, save_json_atomic
+from segkit.fsio import file_lock, read_json, save_json_atomic
 
 _SPLIT_SEED = 12345  # fixed so that changing the training seed keeps the folds
 
@@ -32,6 +32,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Sequence) and not isinstance(value, str):
         return [_plain(v) for v in value]
     return value
+
+
+def _number(key: str, value: Any, kind: type = int) -> Any:
+    """``data.KEY``'s value as an int (or float); any other value is refused by its key."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(
+            f"data.{key}={value!r}: expected {'an integer' if kind is int else 'a number'}."
+        ) from None
 
 
 def make_splits(case_ids: Sequence[str], *, num_folds: int, seed: int = _SPLIT_SEED) -> list:
@@ -80,8 +90,8 @@ def load_or_make_splits(
         save_json_atomic(path, splits)
         return splits
     try:
-        splits = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        splits = read_json(path)
+    except ValueError as err:
         raise _split_error(path, f"is not valid JSON ({err}).", num_folds) from err
     if not isinstance(splits, list) or not all(
         isinstance(f, dict)
@@ -96,7 +106,8 @@ def load_or_make_splits(
             num_folds,
         )
     if len(splits) != num_folds:
-        if splits == make_splits(ids, num_folds=len(splits)):
+        # segkit's own split for another fold count (one it could have made) is replaced
+        if 2 <= len(splits) <= len(ids) and splits == make_splits(ids, num_folds=len(splits)):
             splits = make_splits(ids, num_folds=num_folds)
             save_json_atomic(path, splits)
             return splits
@@ -167,21 +178,28 @@ class SegDataModule(pl.LightningDataModule):
         val_max_cases: int | None = None,
     ) -> None:
         super().__init__()
-        self.root = Path(root)
+        self.root = path_value("data.root", root)
         self.patch_size = _check_patch_size(_plain(patch_size))
-        if int(batch_size) < 1:
+        if _number("batch_size", batch_size) < 1:
             raise ConfigError(f"data.batch_size={batch_size}: must be >= 1.")
         self.batch_size = int(batch_size)
-        self.num_workers = max(0, int(num_workers))
-        self.fold, self.num_folds = int(fold), int(num_folds)
+        self.num_workers = max(0, _number("num_workers", num_workers))
+        self.fold, self.num_folds = _number("fold", fold), _number("num_folds", num_folds)
         if not 0 <= self.fold < self.num_folds:
             raise ConfigError(
                 f"data.fold={fold} is outside 0..{self.num_folds - 1} (data.num_folds={num_folds})."
             )
-        self.samples_per_epoch = int(samples_per_epoch or 250 * self.batch_size)
-        self.oversample_foreground = float(oversample_foreground)
+        self.samples_per_epoch = _number(
+            "samples_per_epoch", samples_per_epoch or 250 * self.batch_size
+        )
+        self.oversample_foreground = _number("oversample_foreground", oversample_foreground, float)
         self.target_spacing = None if target_spacing is None else _plain(target_spacing)
         self.normalization = _plain(normalization)
+        if not isinstance(self.normalization, str | list):
+            raise ConfigError(
+                f"data.normalization={normalization!r}: expected auto, zscore, ct, none or one "
+                "per channel. Fix: data.normalization=auto"
+            )
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         if isinstance(make_demo_if_missing, str | Path):
             make_demo_if_missing = Path(make_demo_if_missing).resolve() == self.root.resolve()
@@ -189,7 +207,7 @@ class SegDataModule(pl.LightningDataModule):
         self.demo_options = dict(_plain(demo or {}))
         self.augment_kwargs = None if augment is None else _plain(augment)
         self.augment = None if augment is None else BatchAugment(**self.augment_kwargs)
-        self.seed = int(seed)
+        self.seed = _number("seed", seed)
         self.val_max_cases = val_max_cases
         self._prepared: PreprocessedDataset | None = None
         self._preprocessor: Preprocessor | None = None

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -27,11 +29,19 @@ import nibabel as nib
 import numpy as np
 from nibabel.orientations import io_orientation
 
-from segkit.data.io import header_spacing
-from segkit.data.layouts import CaseFiles, Dataset, dataset_json_path, read_dataset
+from segkit.data.io import header_spacing, quiet_nibabel
+from segkit.data.layouts import (
+    CaseFiles,
+    Dataset,
+    dataset_json_path,
+    load_dataset_json,
+    read_dataset,
+)
 from segkit.data.preprocess import load_case, nonzero_box, resampled_shape
 from segkit.errors import DataError
-from segkit.fsio import save_json_atomic
+from segkit.fsio import read_json, save_json_atomic
+
+log = logging.getLogger("segkit")
 
 # 2: intensity statistics in float64 (as preprocessing's ``ct`` statistics always were).
 FINGERPRINT_VERSION = 2
@@ -254,8 +264,8 @@ def cached_fingerprint(dataset: Dataset, cache_dir: Path | None = None) -> Finge
     if not path.is_file():
         return None
     try:
-        return fingerprint_from_dict(json.loads(path.read_text()), source=str(path))
-    except (ValueError, KeyError, TypeError, DataError):
+        return fingerprint_from_dict(read_json(path), source=str(path))
+    except (OSError, ValueError):  # DataError included: computed again
         return None
 
 
@@ -283,7 +293,10 @@ def load_dataset_fingerprint(
     fp = cached_fingerprint(dataset, cache_dir)
     if fp is None:
         fp = compute_dataset_fingerprint(dataset, num_workers=num_workers, progress=progress)
-        save_fingerprint(fp, dataset, cache_dir)
+        try:
+            save_fingerprint(fp, dataset, cache_dir)
+        except OSError as err:  # a cache is kept where it can be; the caller goes on
+            log.warning("the fingerprint is not cached (%s)", err)
     return fp
 
 
@@ -299,7 +312,8 @@ def header_spacings(dataset: Dataset) -> list[list[float]]:
 def _canonical_spacing(case: CaseFiles) -> list[float]:
     path = case.images[0]
     try:
-        img = nib.load(str(path))
+        with quiet_nibabel():
+            img = nib.load(str(path))
     except Exception as err:  # noqa: BLE001 - any header failure is a data problem
         raise DataError(
             f"{path}: cannot read the NIfTI header ({err}). Fix: re-export it."
@@ -334,31 +348,59 @@ def fingerprint_from_dict(
         reverse_nnunet_axes: nnU-Net stores axes reversed with respect to the images' voxel
             axes (SimpleITK order); reverse them back to segkit's order.
     """
-    if "spacings" not in data or "shapes_after_crop" not in data:
-        raise DataError(
-            f"{source or 'fingerprint'}: needs 'spacings' and 'shapes_after_crop' (segkit's "
-            "fingerprint or nnU-Net's dataset_fingerprint.json)."
-        )
-    spacings = [tuple(float(v) for v in s) for s in data["spacings"]]
-    shapes = [tuple(int(round(float(v))) for v in s) for s in data["shapes_after_crop"]]
-    intensity_raw = data.get("foreground_intensity_properties_per_channel") or {}
-    intensity = tuple(
-        {str(k): float(v) for k, v in intensity_raw[key].items()}
-        for key in sorted(intensity_raw, key=int)
+    where = source or "fingerprint"
+    fix = (
+        "Fix: give the fingerprint as it was written (nnU-Net's dataset_fingerprint.json or "
+        "segkit's fingerprint-*.json), unchanged."
     )
+    if not isinstance(data, dict) or "spacings" not in data or "shapes_after_crop" not in data:
+        raise DataError(
+            f"{where}: needs 'spacings' and 'shapes_after_crop' (segkit's fingerprint or "
+            f"nnU-Net's dataset_fingerprint.json). {fix}"
+        )
+    # whatever a changed or foreign file holds is refused by name, never a traceback
+    try:
+        spacings = [tuple(float(v) for v in s) for s in data["spacings"]]
+        shapes = [tuple(int(round(float(v))) for v in s) for s in data["shapes_after_crop"]]
+        intensity_raw = data.get("foreground_intensity_properties_per_channel") or {}
+        intensity = tuple(
+            {str(k): float(v) for k, v in intensity_raw[key].items()}
+            for key in sorted(intensity_raw, key=int)
+        )
+        n = len(spacings)
+        case_ids = tuple(str(c) for c in data.get("case_ids") or [f"case_{i}" for i in range(n)])
+        num_channels = int(data.get("num_channels") or max(len(intensity), 1))
+        num_classes = int(data.get("num_classes") or num_classes or 2)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as err:
+        raise DataError(f"{where}: not a fingerprint ({type(err).__name__}: {err}). {fix}") from err
+    ndim = len(spacings[0]) if spacings else 0
+    for i, (spacing, shape) in enumerate(zip(spacings, shapes)):
+        if not (len(spacing) == len(shape) == ndim and all(0 < v < math.inf for v in spacing)):
+            raise DataError(
+                f"{where}: case {i} has spacing {list(spacing)} and shape {list(shape)}; every "
+                f"case needs {ndim or 'two or three'} positive voxel sizes and sizes. {fix}"
+            )
+        if min(shape) < 1:
+            raise DataError(f"{where}: case {i} has shape {list(shape)}. {fix}")
+    if ndim not in (2, 3) or len(shapes) != n or len(case_ids) != n:
+        raise DataError(
+            f"{where}: {n} spacings of {ndim} axes, {len(shapes)} shapes, {len(case_ids)} "
+            f"case ids; expected one 2D or 3D spacing and shape per case. {fix}"
+        )
+    if num_channels < 1 or num_classes < 1:
+        raise DataError(f"{where}: {num_channels} channels, {num_classes} classes. {fix}")
     segkit_own = "axis_order" in data
-    axis_order = data.get("axis_order", "nnU-Net")
+    axis_order = str(data.get("axis_order", "nnU-Net"))
     if not segkit_own and reverse_nnunet_axes:
         spacings = [tuple(reversed(s)) for s in spacings]
         shapes = [tuple(reversed(s)) for s in shapes]
         axis_order = "nnU-Net, reversed"
-    n = len(spacings)
     return Fingerprint(
         spacings=tuple(spacings),
         shapes_after_crop=tuple(shapes),
-        case_ids=tuple(data.get("case_ids") or [f"case_{i}" for i in range(n)]),
-        num_channels=int(data.get("num_channels") or max(len(intensity), 1)),
-        num_classes=int(data.get("num_classes") or num_classes or 2),
+        case_ids=case_ids,
+        num_channels=num_channels,
+        num_classes=num_classes,
         intensity=intensity,
         axis_order=axis_order,
         source=source,
@@ -381,18 +423,18 @@ def read_fingerprint(path: Path, *, reverse_nnunet_axes: bool = True) -> Fingerp
             "dataset_fingerprint.json (nnU-Net) or fingerprint-*.json (segkit)."
         )
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: invalid JSON ({err}).") from err
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise DataError(
+            f"{path}: cannot be read as JSON ({err}). Fix: give the fingerprint as it was "
+            "written (nnU-Net's dataset_fingerprint.json or segkit's fingerprint-*.json)."
+        ) from err
     num_classes = None
-    beside = path.parent / "dataset.json"
-    if beside.is_file():
-        try:
-            labels = json.loads(beside.read_text()).get("labels") or {}
+    if (path.parent / "dataset.json").is_file():
+        labels = load_dataset_json(path.parent).get("labels")  # a broken one is named
+        if isinstance(labels, dict):
             # nnU-Net's "ignore" label is not a class
             num_classes = len([k for k in labels if str(k).strip().lower() != "ignore"]) or None
-        except json.JSONDecodeError:
-            num_classes = None
     return fingerprint_from_dict(
         data, source=str(path), num_classes=num_classes, reverse_nnunet_axes=reverse_nnunet_axes
     )

@@ -8,7 +8,10 @@ a half-written file under the final name.
 
 from __future__ import annotations
 
+import logging
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +23,14 @@ from segkit.errors import DataError
 from segkit.fsio import atomic_path
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# what nibabel raises for a damaged header or data block (beside OSError, ValueError, zlib)
+_NIBABEL_ERRORS = (
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+    nib.spatialimages.HeaderTypeError,
+    nib.spatialimages.ImageDataError,
+    nib.wrapstruct.WrapStructError,
+)
 _SPACING_RTOL = 1e-3  # header float32 noise is ~1e-7; a real disagreement is far larger
 
 
@@ -39,6 +50,19 @@ class NiftiVolume:
     affine: np.ndarray
     spacing: tuple[float, ...]
     path: Path
+
+
+@contextmanager
+def quiet_nibabel() -> Iterator[None]:
+    """nibabel logs each header problem it fixes or raises on; segkit reports a file's
+    problem once, in its own error (one line), so those log lines stay unprinted."""
+    logger = nib.imageglobals.logger
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def strip_nifti_suffix(name: str) -> str:
@@ -121,15 +145,24 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
             "the dataset's dataset.json."
         )
     try:
-        img = nib.load(str(path))
-        spacing = header_spacing(img, path)
+        with quiet_nibabel():
+            img = nib.load(str(path))
+            spacing = header_spacing(img, path)
+        img.get_qform()  # written back into predictions: an invalid quaternion fails here
+        dtype = img.get_data_dtype()
+        if dtype.kind not in "biuf":
+            raise DataError(
+                f"{path}: holds {dtype} voxels; segkit reads integer or floating-point volumes. "
+                "Fix: convert it (the magnitude of complex data, one channel of RGB) and save "
+                "it as float32 (labels: an integer type)."
+            )
         if kind == "image":
             data = np.asarray(img.dataobj, dtype=np.float32)
         else:
             data = np.asanyarray(img.dataobj)
     except DataError:
         raise
-    except (OSError, EOFError, zlib.error, ValueError, nib.filebasedimages.ImageFileError) as err:
+    except (OSError, EOFError, zlib.error, ValueError, *_NIBABEL_ERRORS) as err:
         raise DataError(
             f"{path}: cannot be read as NIfTI ({type(err).__name__}: {err}). The file is "
             "probably truncated or corrupt. Fix: copy or re-export it again."

@@ -6,7 +6,6 @@ detected from its keys (`modality` → Decathlon, `channel_names` → nnU-Net v2
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix
 from segkit.data.regions import ORDER_KEY, Region, describe_outputs, has_regions, parse_regions
 from segkit.errors import DataError
+from segkit.fsio import read_json
 
 MSD = "msd"
 NNUNET = "nnunet"
@@ -139,10 +139,12 @@ def load_dataset_json(root: Path) -> dict[str, Any]:
     """Reads and parses `root/dataset.json` (a key given twice in one object is an error)."""
     path = dataset_json_path(root)
     try:
-        meta = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys(path))
+        meta = read_json(path, object_pairs_hook=_no_duplicate_keys(path))
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err}). Fix: make it readable.") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except DataError:
+        raise
+    except ValueError as err:
         raise DataError(f"{path}: invalid JSON ({err}). Fix: repair the file.") from err
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a JSON object at top level.")

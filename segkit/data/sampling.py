@@ -24,10 +24,13 @@ _ANNOTATED_TRIES = 10  # redraws of a random patch that holds only ignored voxel
 
 
 def _check_patch_size(patch_size: Sequence[int]) -> tuple[int, ...]:
-    patch = tuple(int(p) for p in patch_size)
+    try:
+        patch = tuple(int(p) for p in patch_size)
+    except (TypeError, ValueError):
+        patch = ()
     if len(patch) not in (2, 3) or min(patch) < 1:
         raise ConfigError(
-            f"data.patch_size={list(patch_size)}: expected 2 or 3 positive integers, "
+            f"data.patch_size={patch_size}: expected 2 or 3 positive integers, "
             "e.g. [64, 64, 48] for 3D or [192, 160] for 2D slices."
         )
     return patch

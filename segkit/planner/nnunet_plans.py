@@ -16,19 +16,19 @@ nnU-Net's transposed order).
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from segkit.data.nnunet_preprocess import NnUNetPreprocessor, Resampling
-from segkit.errors import ConfigError
+from segkit.errors import ConfigError, SegkitError
+from segkit.fsio import read_json
 from segkit.nn import plan_unet
 from segkit.planner.memory import optimizer_state_count, training_memory
 from segkit.planner.result import PLANNED_KEYS, PlannerOptions, PlannerResult
 from segkit.planner.rules import _axes, _fmt, explain_topology
 from segkit.registry import ACTIVATIONS
-from segkit.spec import UNetSpec
+from segkit.spec import MAX_DEPTH, UNetSpec
 
 _NORMS = {"instancenorm": "instance", "batchnorm": "batch", "groupnorm": "group"}
 # nnU-Net names torch.nn classes; segkit registers its activations by the same classes
@@ -44,11 +44,17 @@ def read_plans(path: Path) -> dict[str, Any]:
             "dataset, e.g. plans=$nnUNet_preprocessed/Dataset004_Hippocampus/nnUNetPlans.json"
         )
     try:
-        plans = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"plans={path}: invalid JSON ({err}).") from err
+        plans = read_json(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"plans={path}: cannot be read as JSON ({err}). Fix: give the nnUNetPlans.json "
+            "nnU-Net wrote (nnUNetv2_plan_and_preprocess), unchanged."
+        ) from err
     if not isinstance(plans, dict) or "configurations" not in plans:
-        raise ConfigError(f"plans={path}: no 'configurations'; is this an nnU-Net plans file?")
+        raise ConfigError(
+            f"plans={path}: no 'configurations'; is this an nnU-Net plans file? Fix: give the "
+            "nnUNetPlans.json nnU-Net wrote (nnUNetv2_plan_and_preprocess), unchanged."
+        )
     return plans
 
 
@@ -57,7 +63,8 @@ def resolve_configuration(plans: dict[str, Any], name: str, *, source: str = "")
     configs = plans["configurations"]
     if name not in configs:
         raise ConfigError(
-            f"configuration={name} is not in {source or 'the plans'}; it has: {', '.join(configs)}"
+            f"configuration={name} is not in {source or 'the plans'}; it has: "
+            f"{', '.join(configs)}. Fix: configuration={next(iter(configs), '3d_fullres')}"
         )
     seen: list[str] = []
     chain = []
@@ -147,6 +154,8 @@ def model_from_plans(
     kw = arch["arch_kwargs"]
     ndim = len(order)
     n = int(kw["n_stages"])
+    if not 1 <= n <= MAX_DEPTH:
+        raise ConfigError(f"architecture n_stages={n}: expected 1..{MAX_DEPTH}.")
     kernels = [_pick(k, order) for k in _per_stage(kw["kernel_sizes"], n, ndim)]
     strides = [_pick(s, order) for s in _per_stage(kw["strides"], n, ndim)]
     features = kw["features_per_stage"]
@@ -224,38 +233,59 @@ def import_plans(
         sizes in segkit's axis order.
     """
     plans = read_plans(path)
-    cfg = resolve_configuration(plans, configuration, source=str(path))
-    patch = cfg.get("patch_size")
-    if not patch:
-        raise ConfigError(f"{path}: configuration {configuration} has no patch_size.")
-    ndim = len(patch)
-    order = axis_map(plans, ndim, reverse_axes=reverse_axes)
-    model, cls = model_from_plans(cfg, order, resenc_family=resenc_family)
-    spacing = [float(v) for v in cfg.get("spacing", [])]
-    slice_axis = None
-    if ndim == 2:
-        slice_axis = slice_axis_of(plans, reverse_axes=reverse_axes)
-        full = plans.get("original_median_spacing_after_transp") or [1.0, 1.0, 1.0]
-        spacing3 = [float(v) for v in _pick(full, axis_map(plans, 3, reverse_axes=reverse_axes))]
-        for j, a in zip(order, [a for a in range(3) if a != slice_axis]):
-            spacing3[a] = spacing[j]
-        target = spacing3
-    else:
-        target = _pick(spacing, order)
-    median = cfg.get("median_image_size_in_voxels") or []
-    return {
-        "data": {
-            "target_spacing": target,
+    # whatever a changed or foreign file holds is refused by name, never a traceback
+    try:
+        cfg = resolve_configuration(plans, configuration, source=str(path))
+        patch = cfg.get("patch_size")
+        if not patch:
+            raise ConfigError(f"{path}: configuration {configuration} has no patch_size.")
+        ndim = len(patch)
+        order = axis_map(plans, ndim, reverse_axes=reverse_axes)
+        model, cls = model_from_plans(cfg, order, resenc_family=resenc_family)
+        spacing = [float(v) for v in cfg.get("spacing", [])]
+        slice_axis = None
+        if ndim == 2:
+            slice_axis = slice_axis_of(plans, reverse_axes=reverse_axes)
+            full = plans.get("original_median_spacing_after_transp") or [1.0, 1.0, 1.0]
+            full_order = axis_map(plans, 3, reverse_axes=reverse_axes)
+            spacing3 = [float(v) for v in _pick(full, full_order)]
+            for j, a in zip(order, [a for a in range(3) if a != slice_axis]):
+                spacing3[a] = spacing[j]
+            target = spacing3
+        else:
+            target = _pick(spacing, order)
+        median = cfg.get("median_image_size_in_voxels") or []
+        data = {
+            "target_spacing": [float(v) for v in target],
             "patch_size": [int(v) for v in _pick(patch, order)],
             "batch_size": int(cfg.get("batch_size", 2)),
-        },
-        "model": model,
-        "network_class": cls,
-        "slice_axis": slice_axis,
-        "median_shape": [int(round(float(v))) for v in _pick(median, order)] if median else [],
-        "plans_name": plans.get("plans_name", ""),
-        "dataset_name": plans.get("dataset_name", ""),
-    }
+        }
+        sizes = [*data["target_spacing"], *data["patch_size"], data["batch_size"]]
+        if not all(0 < v < float("inf") for v in sizes):
+            raise ConfigError(
+                f"plans={path}: configuration={configuration}: spacing {data['target_spacing']}, "
+                f"patch {data['patch_size']}, batch {data['batch_size']}: each must be positive. "
+                "Fix: give the plans file nnU-Net wrote (nnUNetv2_plan_and_preprocess), unchanged."
+            )
+        return {
+            "data": data,
+            "model": model,
+            "network_class": cls,
+            "slice_axis": slice_axis,
+            "median_shape": [int(round(float(v))) for v in _pick(median, order)] if median else [],
+            "plans_name": plans.get("plans_name", ""),
+            "dataset_name": plans.get("dataset_name", ""),
+        }
+    except ConfigError as err:
+        if str(path) in str(err):
+            raise
+        raise ConfigError(f"plans={path}: configuration={configuration}: {err}") from err
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as err:
+        raise ConfigError(
+            f"plans={path}: configuration={configuration} is not a plan segkit can read "
+            f"({type(err).__name__}: {err}). Fix: give the plans file nnU-Net wrote "
+            "(nnUNetv2_plan_and_preprocess), unchanged."
+        ) from err
 
 
 _RESAMPLERS = ("resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing")
@@ -326,10 +356,10 @@ def result_from_plans(cfg: Any, explicit: set[str] | Sequence[str] = ()) -> Plan
     """An nnU-Net plan (``planner.plans``, ``planner.configuration``) as a planner result."""
     from omegaconf import OmegaConf
 
-    from segkit.config import conf_dir
+    from segkit.config import conf_dir, path_value
 
     planner = cfg.planner
-    path = Path(planner.plans)
+    path = path_value("planner.plans", planner.plans)
     resenc = conf_dir() / "model" / "resenc.yaml"
     resenc_family = None
     if resenc.is_file():
@@ -345,15 +375,22 @@ def result_from_plans(cfg: Any, explicit: set[str] | Sequence[str] = ()) -> Plan
     in_ch, out_ch = cfg.model.get("in_channels"), cfg.model.get("out_channels")
     beside = path.parent / "dataset.json"
     if beside.is_file():
-        meta = json.loads(beside.read_text())
-        names = meta.get("channel_names") or meta.get("modality") or {}
-        in_ch = in_ch or (len(names) or None)
-        out_ch = out_ch or (len(meta.get("labels") or {}) or None)
+        from segkit.data.layouts import load_dataset_json
+
+        meta = load_dataset_json(path.parent)  # a broken one is named
+        names = meta.get("channel_names") or meta.get("modality")
+        labels = meta.get("labels")
+        in_ch = in_ch or (len(names) if isinstance(names, dict) else None)
+        out_ch = out_ch or (len(labels) if isinstance(labels, dict) else None)
     model = dict(imported["model"], in_channels=int(in_ch or 1), out_channels=int(out_ch or 2))
-    spec = UNetSpec.from_config(model)
     data = imported["data"]
     patch = tuple(data["patch_size"])
-    plan = plan_unet(spec, patch)
+    try:
+        spec = UNetSpec.from_config(model)
+        plan = plan_unet(spec, patch)
+    except SegkitError as err:  # the plan's network, not the user's model config
+        name = planner.get("configuration")
+        raise type(err)(f"plans={path}: configuration={name}: {err}") from err
     opts = PlannerOptions.from_config(OmegaConf.to_container(planner, resolve=True))
     optim = cfg.get("optim")
     states = optimizer_state_count(

@@ -59,7 +59,13 @@ class PlannerOptions:
         kwargs = {}
         for key, default in cls().__dict__.items():
             if key in cfg and cfg[key] is not None:
-                kwargs[key] = type(default)(cfg[key])
+                try:
+                    kwargs[key] = type(default)(cfg[key])
+                except (TypeError, ValueError, OverflowError):
+                    raise ConfigError(
+                        f"planner.{key}={cfg[key]!r}: expected a {type(default).__name__}. "
+                        f"Fix: planner.{key}={default}"
+                    ) from None
         opts = cls(**kwargs)
         if opts.memory_gb <= 0:
             raise ConfigError(f"planner.memory_gb={opts.memory_gb}: must be > 0 (GB).")

@@ -190,6 +190,24 @@ class _Levels:
     min_size: tuple[int, ...]
 
 
+def _fixed_int(key: str, value: Any, *, example: str = "2") -> int:
+    """A positive integer given on the command line for a planned key."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        number = 0
+    if number < 1 or isinstance(value, bool) or isinstance(value, float) and number != value:
+        raise ConfigError(
+            f"{key}: got {value!r}; expected positive integers. Fix: e.g. {key}={example}"
+        )
+    return number
+
+
+def _items(value: Any) -> list[Any]:
+    """A list value (a scalar where a list is expected is refused by :func:`_fixed_int`)."""
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+
+
 def plan_experiment(
     fingerprint: Fingerprint,
     family: Mapping[str, Any],
@@ -222,10 +240,14 @@ def plan_experiment(
 
     # Spacing and the median case.
     if "data.target_spacing" in fixed:
-        spacing3 = tuple(float(v) for v in fixed["data.target_spacing"])
-        if len(spacing3) != 3 or min(spacing3) <= 0:
+        try:
+            spacing3 = tuple(float(v) for v in _items(fixed["data.target_spacing"]))
+        except (TypeError, ValueError):
+            spacing3 = ()
+        if len(spacing3) != 3 or not all(0 < v < math.inf for v in spacing3):
             raise ConfigError(
-                f"data.target_spacing={list(spacing3)}: expected 3 positive numbers (mm)."
+                f"data.target_spacing={fixed['data.target_spacing']}: expected 3 positive "
+                "numbers (mm). Fix: e.g. 'data.target_spacing=[1.0,1.0,1.0]'"
             )
         decisions.append(f"target spacing {_fmt(spacing3)} mm: given (data.target_spacing)")
     else:
@@ -291,7 +313,7 @@ def plan_experiment(
                 {"spatial_dims": ndim, "depth": kd, "kernel_size": fixed["model.kernel_size"]}
             ).kernel_size
     if "model.depth" in fixed:
-        depth = int(fixed["model.depth"])
+        depth = _fixed_int("model.depth", fixed["model.depth"])
     elif strides is not None:
         depth = len(strides)
     elif kernels is not None:
@@ -313,7 +335,8 @@ def plan_experiment(
         strides=strides,
         kernels=kernels,
     )
-    fixed_batch = int(fixed["data.batch_size"]) if "data.batch_size" in fixed else None
+    batch = fixed.get("data.batch_size")
+    fixed_batch = None if batch is None else _fixed_int("data.batch_size", batch)
     search_batch = fixed_batch or opts.min_batch_size
 
     def fits(patch: Sequence[int]) -> bool:
@@ -322,7 +345,8 @@ def plan_experiment(
 
     # The patch.
     if "data.patch_size" in fixed:
-        patch = tuple(int(v) for v in fixed["data.patch_size"])
+        given = fixed["data.patch_size"]
+        patch = tuple(_fixed_int("data.patch_size", v, example="[96,96,64]") for v in _items(given))
         if len(patch) != ndim:
             raise ConfigError(
                 f"data.patch_size={list(patch)} has {len(patch)} axes for a {ndim}D model."

@@ -69,12 +69,13 @@ def _fingerprint_for(cfg: Any) -> Fingerprint:
 
     from omegaconf import OmegaConf
 
+    from segkit.config import path_value
     from segkit.data.fingerprint import load_dataset_fingerprint, read_fingerprint
 
     planner = cfg.planner
     if planner.get("fingerprint"):
         return read_fingerprint(
-            Path(planner.fingerprint),
+            path_value("planner.fingerprint", planner.fingerprint),
             reverse_nnunet_axes=bool(planner.get("reverse_nnunet_axes", True)),
         )
     if OmegaConf.is_missing(cfg.data, "root"):
@@ -83,7 +84,7 @@ def _fingerprint_for(cfg: Any) -> Fingerprint:
             "planner.fingerprint=/path/to/dataset_fingerprint.json, or planner=none (the "
             "configured patch and network, unplanned)"
         )
-    root = Path(cfg.data.root)
+    root = path_value("data.root", cfg.data.root)
     demo = cfg.data.get("make_demo_if_missing")
     if (
         demo
@@ -170,8 +171,11 @@ def apply_planner(cfg: Any, overrides: Sequence[str] | None = None, *, record: b
         if cache is not None:
             from segkit.fsio import save_json_atomic
 
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            save_json_atomic(cache, answer)
+            try:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                save_json_atomic(cache, answer)
+            except OSError as err:  # a cache is kept where it can be; planning goes on
+                log.warning("planner: the decisions are not cached (%s)", err)
     with open_dict(cfg):
         for key in ("target_spacing", "patch_size", "batch_size"):
             if f"data.{key}" not in explicit:
@@ -238,15 +242,36 @@ def _answer_path(cfg: Any, explicit: set[str]) -> Any:
 
 
 def _read_answer(path: Any) -> dict[str, Any] | None:
-    import json
+    """The planner's saved answer; None (planned again) for none, or one that is damaged."""
+    from segkit.fsio import read_json
 
     if path is None or not path.is_file():
         return None
     try:
-        answer = json.loads(path.read_text())
+        answer = read_json(path)
     except (OSError, ValueError):
         return None
-    return answer if "model" in answer and "decisions" in answer else None
+    keys = ("data.target_spacing", "data.patch_size", "data.batch_size")
+    valid = (
+        isinstance(answer, dict)
+        and isinstance(answer.get("model"), dict)
+        and all(isinstance(answer.get(k), list) for k in ("decisions", "warnings"))
+        and all(isinstance(line, str) for k in ("decisions", "warnings") for line in answer[k])
+        and all(isinstance(answer.get(k), list | int) for k in keys)
+    )
+    if not valid:
+        return None
+    from segkit.errors import SegkitError
+    from segkit.spec import UNetSpec
+
+    try:  # the values a damaged file holds: the same checks as a config's
+        UNetSpec.from_config(answer["model"])
+        sizes = [*answer["data.target_spacing"], *answer["data.patch_size"]]
+        if not all(isinstance(v, int | float) and 0 < v < float("inf") for v in sizes):
+            return None
+    except (SegkitError, TypeError):
+        return None
+    return answer
 
 
 __all__ = ["apply_planner", "explicit_keys", "plan_from_config"]

@@ -45,7 +45,7 @@ def build_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
     kwargs = {k: v for k, v in cfg.items() if not str(k).startswith("_")}
     try:
         return cls(params, **kwargs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # torch's own checks (a negative lr)
         raise ConfigError(f"optim.optimizer ({target}): {err}") from None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from segkit.config import check_data_choice, composition, plan_network
 from segkit.defaults import (
@@ -23,7 +24,7 @@ from segkit.defaults import (
     DEFAULT_OVERLAP,
     SLICE_AXIS,
 )
-from segkit.errors import ConfigError, SegkitError
+from segkit.errors import ConfigError, SegkitError, interpolation_error, refuse
 from segkit.fsio import save_json_atomic
 from segkit.inference.engine.outputs import OutputHead
 from segkit.plan import Plan
@@ -46,6 +47,7 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     Returns:
         ``(datamodule, spec, plan, dataset_info)``.
     """
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     from segkit.data import SegDataModule
@@ -55,7 +57,12 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     # planner=auto (data=msd's default): plans patch, batch, spacing, stages (overrides win)
     apply_planner(cfg)
     check_data_choice(cfg)
-    dm = instantiate(cfg.data)
+    try:
+        dm = instantiate(cfg.data)
+    except InstantiationException as exc:  # Hydra wraps the data module's own refusal
+        if isinstance(exc.__cause__, SegkitError):
+            raise exc.__cause__ from None
+        raise
     if not isinstance(dm, SegDataModule):
         raise ConfigError(f"data: expected a segkit.data.SegDataModule, got {type(dm).__name__}")
     info = dm.dataset_info()
@@ -69,7 +76,21 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
         OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
         [torch.nn.Parameter(torch.zeros(1))],
     )
+    _check_numbers(cfg)
     return dm, spec, plan, info
+
+
+def _check_numbers(cfg: DictConfig) -> None:
+    """Numbers Lightning and the loss would only trip over mid-run (``max_epochs=abc``)."""
+    expected = {"trainer.max_epochs": int, "trainer.max_steps": int}
+    expected.update({f"loss.{k}": float for k in ("dice_weight", "ce_weight", "smooth")})
+    expected["loss.ds_weight_decay"] = float
+    for key, kind in expected.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and (kind is float or isinstance(value, int))):
+            example = "10" if kind is int else "1.0"
+            raise ConfigError(f"{key}={value!r}: expected a number. Fix: {key}={example}")
 
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -315,15 +336,16 @@ def main(cfg: DictConfig) -> float | None:
         # a multirun's sweeper gets None ("no value") for a nan; segkit search reads a trial's
         # values from its study, not from this return
         return None if value is None or math.isnan(value) else value
-    except SegkitError as exc:
+    except (SegkitError, InterpolationResolutionError) as exc:
+        if isinstance(exc, InterpolationResolutionError):  # an override's ${...}
+            exc = interpolation_error(exc, cfg)
         if _is_multirun():
             out_dir = Path(cfg.paths.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             save_json_atomic(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
             log.error("skipped: %s", exc)
             return None
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(refuse("train.py", exc))
 
 
 def _is_multirun() -> bool:

@@ -54,6 +54,8 @@ from segkit.inference.metrics.surface import (
 )
 
 _AFFINE_ATOL = 1e-3
+# the largest class index a label map may hold (uint16; one score per class up to it)
+_MAX_LABEL = 2**16 - 1
 DEFAULT_NSD_TOLERANCE = 1.0
 _METRICS = ("Dice", "HD95", "NSD")
 
@@ -259,10 +261,17 @@ def _load_pair(pred_path: Path | None, ref_path: Path) -> tuple[np.ndarray, np.n
             "written for these very images."
         )
     for v in (pv, rv):
-        if v is not None and not np.all(np.equal(np.mod(v.data, 1), 0)):
+        with np.errstate(invalid="ignore"):  # inf or NaN: not an integer, refused here
+            whole = v is None or bool(np.all(np.equal(np.mod(v.data, 1), 0)))
+        if not whole:
             raise DataError(f"{v.path}: holds non-integer values; expected class indices.")
         if v is not None and v.data.min() < 0:
             raise DataError(f"{v.path}: holds negative values; expected class indices >= 0.")
+        if v is not None and v.data.max() > _MAX_LABEL:
+            raise DataError(
+                f"{v.path}: holds the value {v.data.max()}; expected class indices up to "
+                f"{_MAX_LABEL}. Fix: compare label maps (predictions and references), not images."
+            )
     # the smallest integer type that holds both: a whole-body CT case stays 1 byte a voxel
     top = max(int(rv.data.max()), 0 if pv is None else int(pv.data.max()))
     kind = np.min_scalar_type(top)

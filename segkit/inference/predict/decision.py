@@ -17,7 +17,6 @@ its inference settings; an option given explicitly wins.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from segkit.errors import ConfigError
-from segkit.fsio import save_json_atomic
+from segkit.fsio import read_json, save_json_atomic
 from segkit.table import format_table
 
 DECISION_FILE = "decision.json"
@@ -63,7 +62,10 @@ class Selection:
             for k, v in self.options.items()
             if k not in given and getattr(opts, k) == getattr(default, k)
         }
-        return dataclasses.replace(opts, **changes)
+        try:
+            return dataclasses.replace(opts, **changes)
+        except ConfigError as err:
+            raise _bad(self.path, f"its inference settings are refused: {err}") from err
 
     def describe(self) -> str:
         what = (
@@ -113,8 +115,8 @@ def read_selection(path: str | Path) -> Selection:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
         raise _bad(path, f"cannot be read as JSON: {err}") from err
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise _bad(path, f'no "format": "{FORMAT}" entry')
@@ -126,6 +128,9 @@ def read_selection(path: str | Path) -> Selection:
         rel = [p for name in members for p in by_name[name]["checkpoints"]]
     except (KeyError, TypeError) as err:
         raise _bad(path, f"missing entry {err}") from err
+    wrong = _wrong_types(members, rel, options, data["selected"].get("cv_dice"))
+    if wrong:
+        raise _bad(path, wrong)
     checkpoints = tuple((path.parent / p).resolve() for p in rel)
     absent = [str(p) for p in checkpoints if not p.is_file()]
     if absent or not checkpoints:
@@ -141,6 +146,25 @@ def read_selection(path: str | Path) -> Selection:
         options=options,
         cv_dice=data["selected"].get("cv_dice"),
     )
+
+
+def _wrong_types(members: Any, rel: list, options: dict[str, Any], cv_dice: Any) -> str:
+    """What in a decision's values has the wrong type ('' if nothing)."""
+
+    def number(v: Any, *, null: bool = True) -> bool:
+        return (v is None and null) or isinstance(v, int | float) and not isinstance(v, bool)
+
+    checks = (
+        ("selected.configurations", all(isinstance(m, str) for m in members)),
+        ("configurations[].checkpoints", all(isinstance(p, str) and p for p in rel)),
+        ("inference.mode", isinstance(options["mode"], str)),
+        ("inference.overlap", number(options["overlap"])),
+        ("inference.window_scale", number(options["window_scale"])),
+        ("inference.tta", isinstance(options["tta"], bool)),
+        ("postprocessing.steps", all(isinstance(p, str) for p in options["postprocess"])),
+        ("selected.cv_dice", number(cv_dice)),
+    )
+    return ", ".join(f"{key} has the wrong type" for key, ok in checks if not ok)
 
 
 @dataclass(frozen=True)
