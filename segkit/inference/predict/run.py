@@ -34,7 +34,7 @@ from segkit.data.invert import (
     probability_bytes,
     write_probabilities_npz,
 )
-from segkit.data.io import NIFTI_SUFFIXES, strip_nifti_suffix, write_nifti
+from segkit.data.io import NIFTI_SUFFIXES, quiet_nibabel, strip_nifti_suffix, write_nifti
 from segkit.defaults import DEFAULT_OVERLAP
 from segkit.errors import ConfigError, DataError, SegkitError
 from segkit.fsio import atomic_path
@@ -280,7 +280,8 @@ def check_case(case: InputCase, *, num_channels: int) -> None:
         if not f.is_file():
             raise DataError(f"{f}: file of case '{case.case_id}' does not exist.")
         try:
-            shapes.append(tuple(nib.load(str(f)).shape))
+            with quiet_nibabel():  # its log lines: the refusal is one line
+                shapes.append(tuple(nib.load(str(f)).shape))
         except Exception as err:  # noqa: BLE001 - nibabel raises many types for bad files
             raise DataError(
                 f"{f}: cannot be read as NIfTI ({type(err).__name__}: {err}). Fix: copy or "
