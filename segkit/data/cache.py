@@ -275,18 +275,24 @@ def preprocess_dataset(
     out = base / settings_hash(settings, root, files)
     waiting = f"{out}: another process is preprocessing this dataset; waiting for it to finish"
     with file_lock(out / ".lock", waiting=waiting):
-        return _fill_cache(
-            dataset,
-            out,
-            settings,
-            cache_base=base,
-            target_spacing=target_spacing,
-            normalization=normalization,
-            image_order=image_order,
-            crop_nonzero=crop_nonzero,
-            num_workers=num_workers,
-            progress=progress,
-        )
+        try:
+            return _fill_cache(
+                dataset,
+                out,
+                settings,
+                cache_base=base,
+                target_spacing=target_spacing,
+                normalization=normalization,
+                image_order=image_order,
+                crop_nonzero=crop_nonzero,
+                num_workers=num_workers,
+                progress=progress,
+            )
+        except OSError as err:  # the inputs' own read errors are DataErrors already
+            raise DataError(
+                f"{out}: the preprocessing cache cannot be written ({err}). Fix: rm -r {out}, "
+                "or data.cache_dir=DIR (segkit makes it again)"
+            ) from err
 
 
 def _fill_cache(

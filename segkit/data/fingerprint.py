@@ -380,7 +380,7 @@ def fingerprint_from_dict(
                 f"{where}: case {i} has spacing {list(spacing)} and shape {list(shape)}; every "
                 f"case needs {ndim or 'two or three'} positive voxel sizes and sizes. {fix}"
             )
-        if min(shape) < 1:
+        if not 1 <= min(shape) <= max(shape) <= 2**31:
             raise DataError(f"{where}: case {i} has shape {list(shape)}. {fix}")
     if ndim not in (2, 3) or len(shapes) != n or len(case_ids) != n:
         raise DataError(

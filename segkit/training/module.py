@@ -46,7 +46,8 @@ def build_optimizer(cfg: dict[str, Any], params: Any) -> torch.optim.Optimizer:
     try:
         return cls(params, **kwargs)
     except (TypeError, ValueError) as err:  # torch's own checks (a negative lr)
-        raise ConfigError(f"optim.optimizer ({target}): {err}") from None
+        given = ", ".join(f"optim.optimizer.{k}={v!r}" for k, v in kwargs.items())
+        raise ConfigError(f"optim.optimizer ({target}; {given}): {err}") from None
 
 
 class SegModule(pl.LightningModule):

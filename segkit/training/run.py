@@ -76,13 +76,14 @@ def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
         OmegaConf.to_container(cfg.optim.optimizer, resolve=True),
         [torch.nn.Parameter(torch.zeros(1))],
     )
-    _check_numbers(cfg)
+    _check_values(cfg)
     return dm, spec, plan, info
 
 
-def _check_numbers(cfg: DictConfig) -> None:
-    """Numbers Lightning and the loss would only trip over mid-run (``max_epochs=abc``)."""
-    expected = {"trainer.max_epochs": int, "trainer.max_steps": int}
+def _check_values(cfg: DictConfig) -> None:
+    """Values Lightning, the loss or validation would only trip over mid-run
+    (``max_epochs=abc``, ``val_mode=fast``)."""
+    expected = {"seed": int, "trainer.max_epochs": int, "trainer.max_steps": int}
     expected.update({f"loss.{k}": float for k in ("dice_weight", "ce_weight", "smooth")})
     expected["loss.ds_weight_decay"] = float
     for key, kind in expected.items():
@@ -91,6 +92,13 @@ def _check_numbers(cfg: DictConfig) -> None:
         if value is not None and not (number and (kind is float or isinstance(value, int))):
             example = "10" if kind is int else "1.0"
             raise ConfigError(f"{key}={value!r}: expected a number. Fix: {key}={example}")
+    from segkit.inference.engine.settings import InferenceSettings
+
+    mode, overlap = cfg.get("val_mode", "auto"), cfg.get("val_overlap", DEFAULT_OVERLAP)
+    try:  # validation runs them only after the first epoch
+        InferenceSettings(mode=mode, overlap=float(overlap))
+    except (SegkitError, TypeError, ValueError) as err:
+        raise ConfigError(f"val_mode={mode!r}, val_overlap={overlap!r}: {err}") from None
 
 
 def _resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
@@ -124,6 +132,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     start = time.time()
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_values(cfg)
     pl.seed_everything(cfg.seed, workers=True)
 
     dm, spec, plan, info = prepare(cfg)
@@ -134,24 +143,33 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     ckpt_path = _resume_path(cfg, out_dir)
 
     dm.prepare_data()
-    module = SegModule(
-        model=spec.to_dict(),
-        optim=OmegaConf.to_container(cfg.optim, resolve=True),
-        loss=OmegaConf.to_container(cfg.loss, resolve=True),
-        patch_size=[int(v) for v in cfg.data.patch_size],
-        label_names={int(k): v for k, v in info.label_names.items()},
-        val_mode=cfg.get("val_mode", "auto"),
-        val_overlap=float(cfg.get("val_overlap", DEFAULT_OVERLAP)),
-        preprocessor=dm.preprocessor.to_dict(),
-        compile=bool(cfg.get("compile", False)),
-        channels_last=bool(cfg.get("channels_last", False)),
-        slice_axis=int(getattr(dm, "slice_axis", SLICE_AXIS)),
-        ignore_label=info.ignore_label,
-        regions=[r.to_dict() for r in info.regions] or None,
-        output_head=(
-            OutputHead.regions(info.regions_class_order).to_dict() if info.regions else None
-        ),
-    )
+    try:  # a network too large for the memory fails to allocate here
+        module = SegModule(
+            model=spec.to_dict(),
+            optim=OmegaConf.to_container(cfg.optim, resolve=True),
+            loss=OmegaConf.to_container(cfg.loss, resolve=True),
+            patch_size=[int(v) for v in cfg.data.patch_size],
+            label_names={int(k): v for k, v in info.label_names.items()},
+            val_mode=cfg.get("val_mode", "auto"),
+            val_overlap=float(cfg.get("val_overlap", DEFAULT_OVERLAP)),
+            preprocessor=dm.preprocessor.to_dict(),
+            compile=bool(cfg.get("compile", False)),
+            channels_last=bool(cfg.get("channels_last", False)),
+            slice_axis=int(getattr(dm, "slice_axis", SLICE_AXIS)),
+            ignore_label=info.ignore_label,
+            regions=[r.to_dict() for r in info.regions] or None,
+            output_head=(
+                OutputHead.regions(info.regions_class_order).to_dict() if info.regions else None
+            ),
+        )
+    except (RuntimeError, MemoryError) as err:
+        if isinstance(err, RuntimeError) and "allocate" not in str(err):
+            raise
+        raise ConfigError(
+            f"the network ({plan.params:,} parameters) cannot be built in memory "
+            f"({' '.join(str(err).split())[:200]}). Fix: a smaller model.kernel_size or "
+            "fewer model.channels (segkit plan shows every layer's size)"
+        ) from None
     init_cfg = cfg.get("init") or {}
     init_from, frozen = init_cfg.get("from_checkpoint"), init_cfg.get("freeze")
     if init_from or frozen not in (None, "none"):
