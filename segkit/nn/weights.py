@@ -82,6 +82,10 @@ class _Links:
         self.leaf(f"{seg}.act", f"{ref}.nonlin")
 
 
+_PLAIN = "DNA PlainConvUNet"
+_RESENC = "DNA ResidualEncoderUNet"
+
+
 def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
     # the references concatenate (upsampled, skip); segkit concatenates (skip, upsampled)
     half = weight.shape[1] // 2
@@ -91,6 +95,10 @@ def _swap_halves(weight: torch.Tensor) -> torch.Tensor:
 def _transposed_1x1_to_conv(weight: torch.Tensor) -> torch.Tensor:
     # MedNeXt's heads are 1×1 transposed convs, (in, out, 1, ...); segkit's are convs
     return weight.transpose(0, 1)
+
+
+# each weight transform's inverse (for dna_state_dict): swapping equal halves undoes itself
+_INVERSE: dict[Callable, Callable] = {_swap_halves: _swap_halves}
 
 
 def _require(net: UNet, family: str, **expected: object) -> None:
@@ -174,7 +182,11 @@ def map_dna_plain_conv_unet(
         WeightMapError: listing every unmatched key and shape, or a setting the state dict
             cannot show that is not the reference's.
     """
-    family = "DNA PlainConvUNet"
+    return _resolve(_plain_links(net), state, _PLAIN, spatial_axes)
+
+
+def _plain_links(net: UNet) -> _Links:
+    family = _PLAIN
     _require(net, family, stem="none", downsample="conv", skip_merge="concat")
     links = _Links(net)
     top = net.spec.depth - 2  # DNA's decoder stage index of segkit's decoder level 0
@@ -194,7 +206,7 @@ def map_dna_plain_conv_unet(
                 weight=_swap_halves if c == 0 else None,
             )
     _heads(links, net, lambda level: f"decoder.seg_layers.{top - level}", range(top + 1))
-    return _resolve(links, state, family, spatial_axes)
+    return links
 
 
 def map_dna_residual_encoder_unet(
@@ -215,7 +227,11 @@ def map_dna_residual_encoder_unet(
         WeightMapError: listing every unmatched key and shape, or a setting the state dict
             cannot show that is not the reference's.
     """
-    family = "DNA ResidualEncoderUNet"
+    return _resolve(_resenc_links(net), state, _RESENC, spatial_axes)
+
+
+def _resenc_links(net: UNet) -> _Links:
+    family = _RESENC
     _require(net, family, stem="conv", downsample="conv", skip_merge="concat", shortcut="avgpool")
     links = _Links(net)
     top = net.spec.depth - 2
@@ -240,7 +256,55 @@ def map_dna_residual_encoder_unet(
                 weight=_swap_halves if c == 0 else None,
             )
     _heads(links, net, lambda level: f"decoder.seg_layers.{top - level}", range(top + 1))
-    return _resolve(links, state, family, spatial_axes)
+    return links
+
+
+# DNA's ConvDropoutNormReLU registers its conv and norm twice: as ``conv``/``norm`` and inside
+# ``all_modules`` (a Sequential of conv, [dropout], [norm], [nonlin]); DNA's decoder holds the
+# encoder again as ``decoder.encoder``
+_DNA_ALIASES = ((".conv.", ".all_modules.0."), (".norm.", ".all_modules.1."))
+DNA_CLASSES = {_PLAIN: "PlainConvUNet", _RESENC: "ResidualEncoderUNet"}
+
+
+def dna_state_dict(net: UNet) -> tuple[str, dict[str, torch.Tensor]]:
+    """``net``'s weights as the state dict of DNA's ``PlainConvUNet`` or
+    ``ResidualEncoderUNet`` (what nnU-Net's checkpoints hold as ``network_weights``): the
+    inverse of :func:`map_dna_plain_conv_unet` / :func:`map_dna_residual_encoder_unet`, with
+    every alias DNA's modules register, so ``load_state_dict(strict=True)`` takes it.
+
+    Returns:
+        The DNA class name and the state dict (in ``net``'s axis order).
+
+    Raises:
+        WeightMapError: ``net`` is neither (naming what differs from the nearer one), or has
+            dropout (DNA's modules would then sit at other indices).
+    """
+    if net.spec.dropout:
+        raise WeightMapError(
+            f"model.dropout={net.spec.dropout}: nnU-Net's networks are exported without "
+            "dropout. Fix: model.dropout=0"
+        )
+    family = _RESENC if net.spec.stem == "conv" else _PLAIN
+    links = (_resenc_links if family == _RESENC else _plain_links)(net)
+    state = net.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for key, src in links.sources.items():
+        tensor = state[key]
+        if src.transform is not None:
+            tensor = _INVERSE[src.transform](tensor)
+        out[src.key] = tensor.detach().clone().contiguous()
+    def owners(name: str) -> set[str]:
+        return {k.rpartition(name)[0] for k in out if name in k}
+
+    blocks = owners(".conv.") & owners(".norm.")  # DNA's ConvDropoutNormReLU modules
+    for key in list(out):
+        for name, alias in _DNA_ALIASES:
+            head, sep, tail = key.rpartition(name)
+            if sep and head in blocks and "." not in tail:
+                out[head + alias + tail] = out[key]
+    for key in [k for k in out if k.startswith("encoder.")]:
+        out["decoder." + key] = out[key]
+    return DNA_CLASSES[family], out
 
 
 def map_monai_dynunet(state: StateDict, net: UNet) -> dict[str, torch.Tensor]:
@@ -486,7 +550,9 @@ def _fingerprint(key: str, t: torch.Tensor) -> tuple:
 
 
 __all__ = [
+    "DNA_CLASSES",
     "WeightMapError",
+    "dna_state_dict",
     "map_dna_plain_conv_unet",
     "map_dna_residual_encoder_unet",
     "map_monai_dynunet",

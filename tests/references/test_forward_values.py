@@ -27,6 +27,7 @@ from torch import nn
 from segkit.nn import UNet
 from segkit.nn.weights import (
     WeightMapError,
+    dna_state_dict,
     map_dna_plain_conv_unet,
     map_dna_residual_encoder_unet,
     map_monai_dynunet,
@@ -341,3 +342,38 @@ def test_copies_and_unused_deep_supervision_heads_are_accepted():
         WeightMapError, match="left over \\(1\\): encoder.stages.0.0.convs.0.all_modules.0.weight"
     ):
         map_dna_plain_conv_unet(unshared, net)
+
+
+# ---- the way back: segkit's weights as DNA's state dict (segkit export format=nnunet) ---------
+
+
+@pytest.mark.parametrize(
+    ("preset", "plans_file", "shrink", "size"),
+    [
+        (
+            "nnunet_default",
+            "nnUNetPlans.json",
+            ("model.channels=8", "model.max_channels=80"),
+            (64, 64, 32),
+        ),
+        (
+            "resenc",
+            "nnUNetResEncUNetLPlans.json",
+            ("model.channels=8", "model.max_channels=80"),
+            (64, 64, 32),
+        ),
+    ],
+    ids=["plain", "resenc"],
+)
+def test_dna_state_dict_loads_strictly_into_dna_and_computes_the_same(
+    preset, plans_file, shrink, size
+):
+    # the reference is built from the plans entry alone and takes the state dict strictly:
+    # every key DNA registers (aliases included), nothing more
+    seg = randomise(segkit_net(preset, *shrink))
+    cls, state = dna_state_dict(seg)
+    arch = plans_architecture(plans_file, "3d_fullres", seg.spec)
+    assert arch["network_class_name"].endswith("." + cls)
+    ref = network_from_plans(arch, 1, CLASSES)
+    ref.load_state_dict(state, strict=True)
+    compare(seg, ref, size)
