@@ -363,6 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refuse(f"segkit {command.name}", exc)
     except InterpolationResolutionError as exc:  # an override's ${...} names nothing
         return refuse(f"segkit {command.name}", interpolation_error(exc))
+    except OSError as exc:  # a write no command named its file for (stdout to a full disk)
+        from segkit.fsio import disk_full, is_disk_full
+
+        if not is_disk_full(exc):
+            raise
+        where = exc.filename or "an output (or the terminal's log file)"
+        return refuse(f"segkit {command.name}", disk_full(where, exc))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,33 @@ class ExportError(SegkitError, RuntimeError):
     """An exported model does not reproduce the eager network."""
 
 
+class DiskFullError(SegkitError):
+    """A file could not be written: the disk, a quota or the file-size limit is full.
+
+    Args:
+        path: The file being written (its final name; nothing partial is left under it).
+        reason: The system's words (``[Errno 28] No space left on device``).
+        rerun: How the same work is finished once there is space (the command's fix).
+    """
+
+    def __init__(
+        self, path: object, reason: str, rerun: str = "run the same command again"
+    ) -> None:
+        super().__init__(path, reason, rerun)  # args: pickled across worker processes
+        self.path, self.reason, self.rerun = path, reason, rerun
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: cannot be written: the disk is full or a file-size limit was "
+            f"reached ({self.reason}). Fix: free space there (or raise the limit, ulimit -f), "
+            f"then {self.rerun}"
+        )
+
+    def resumed_by(self, rerun: str) -> DiskFullError:
+        """The same error, its fix naming how ``rerun`` finishes the work."""
+        return DiskFullError(self.path, self.reason, rerun)
+
+
 def refuse(prog: str, exc: BaseException) -> int:
     """Prints ``PROG: error: MESSAGE`` as one line on stderr; returns exit code 2.
 

@@ -1,13 +1,17 @@
 """Atomic file writes and advisory locks: the low-level file helpers every layer uses.
 
 Every writer writes to a temporary name in the target directory and renames it into
-place, so a crash never leaves a half-written file under the final name. Imports
-neither torch nor numpy (``save_npy_atomic`` imports numpy when called), so
-``segkit.data``, ``training``, ``inference`` and ``sweeps`` can all use it.
+place, so a crash never leaves a half-written file under the final name, and a full disk
+(or quota, or file-size limit) raises :class:`~segkit.errors.DiskFullError` naming the
+file. Imports neither torch nor numpy (``save_npy_atomic`` and ``save_torch_atomic``
+import theirs when called), so ``segkit.data``, ``training``, ``inference`` and
+``sweeps`` can all use it.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
 import os
@@ -17,7 +21,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from segkit.errors import DiskFullError
+
 log = logging.getLogger(__name__)
+
+# no space, a file over RLIMIT_FSIZE (Python ignores SIGXFSZ, so write() fails), a quota
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says a write found no room (the disk, a quota or the size limit)."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def disk_full(path: Path | str, err: OSError) -> DiskFullError:
+    """``err`` (a write that found no room) as the one-line error naming ``path``."""
+    return DiskFullError(path, f"[Errno {err.errno}] {err.strerror or err}")
 
 
 def read_json(path: Path, **kwargs: Any) -> Any:
@@ -57,6 +76,10 @@ def atomic_path(path: Path, *, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if is_disk_full(err):
+            raise disk_full(path, err) from err
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -84,6 +107,22 @@ def save_npy_atomic(path: Path, array: Any) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, np.ascontiguousarray(array))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def save_torch_atomic(path: Path, obj: Any) -> None:
+    """Writes `obj` with ``torch.save`` to `path` atomically.
+
+    Serialised in memory first: torch's own file writer reports a full disk as a
+    ``RuntimeError`` without the errno, Python's ``write`` as ``OSError`` (EFBIG, ENOSPC).
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -28,6 +28,24 @@ from segkit.errors import ConfigError, DataError
 
 FOLD_KEY = "data.fold"
 NUM_FOLDS_KEY = "data.num_folds"
+# how a job was started, not what it trains: a resumed fold is the same configuration
+RESUME_KEY = "resume"
+
+
+def _key(override: str) -> str:
+    return override.partition("=")[0].lstrip("+~")
+
+
+def _normal(overrides: Sequence[str]) -> list[str]:
+    """Overrides as Hydra records a multirun job's (``x=false`` → ``x=False``), sorted."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException:  # compared as given
+        return sorted(overrides)
+    return sorted(f"{o.get_key_element()}={o.get_value_element_as_str()}" for o in parsed)
 
 
 @dataclass(frozen=True)
@@ -105,21 +123,65 @@ def check_overrides(overrides: Sequence[str], folds: int | None) -> int:
     return folds
 
 
-def launch_folds(overrides: Sequence[str], *, num_folds: int, sweep_dir: Path) -> int:
+def fold_overrides(overrides: Sequence[str], num_folds: int) -> list[str]:
+    """The overrides every fold's job is given, besides its ``data.fold``."""
+    given = [o for o in overrides if _key(o) != NUM_FOLDS_KEY]
+    return [*given, f"{NUM_FOLDS_KEY}={num_folds}"]
+
+
+def folds_to_train(overrides: Sequence[str], *, num_folds: int, sweep_dir: Path) -> list[int]:
+    """The folds ``sweep_dir`` does not hold finished (every fold where it holds no job).
+
+    Raises:
+        ConfigError: ``sweep_dir`` holds the folds of another configuration.
+    """
+    from segkit.sweeps.report import collect
+
+    if not any(Path(sweep_dir).rglob(".hydra/overrides.yaml")):
+        return list(range(num_folds))
+    expected = _normal([o for o in fold_overrides(overrides, num_folds) if _key(o) != RESUME_KEY])
+    todo = set(range(num_folds))
+    for job in collect(sweep_dir):
+        found = _normal([o for o in job.overrides if _key(o) not in (FOLD_KEY, RESUME_KEY)])
+        if job.overrides and found != expected:  # none: Hydra was killed writing them
+            raise ConfigError(
+                f"{sweep_dir}: holds the folds of another configuration ({job.job}: "
+                f"{' '.join(found)}; given: {' '.join(expected)}). Fix: choose another out=, "
+                f"or summarise those folds again with `segkit cv from={sweep_dir}`."
+            )
+        fold = next((o.partition("=")[2] for o in job.overrides if _key(o) == FOLD_KEY), None)
+        finished = (Path(sweep_dir) / job.job / "checkpoints" / "best.ckpt").is_file()
+        if job.status == "ok" and finished and fold is not None and fold.isdigit():
+            todo.discard(int(fold))
+    return sorted(todo)
+
+
+def launch_folds(
+    overrides: Sequence[str],
+    *,
+    num_folds: int,
+    sweep_dir: Path,
+    folds: Sequence[int] | None = None,
+    resume: bool = False,
+) -> int:
     """Runs ``train.py -m data.fold=0,..,K-1`` (the configured launcher) into ``sweep_dir``.
+
+    Args:
+        folds: the folds to train (None: every fold).
+        resume: each fold goes on from its ``checkpoints/last.ckpt`` where there is one.
 
     Returns:
         The multirun's exit status (non-zero when a job failed; the others still ran).
     """
     from segkit.config import conf_dir
 
-    given = [o for o in overrides if o.partition("=")[0].lstrip("+~") != NUM_FOLDS_KEY]
+    folds = range(num_folds) if folds is None else folds
     cmd = [
         sys.executable, "-m", "segkit.crossval.launch", "-m",
         f"--config-path={conf_dir()}", "--config-name=train",
-        *given,
-        f"{NUM_FOLDS_KEY}={num_folds}",
-        f"{FOLD_KEY}={','.join(str(k) for k in range(num_folds))}",
+        *fold_overrides(overrides, num_folds),
+        f"{FOLD_KEY}={','.join(str(k) for k in folds)}",
+        *([f"{RESUME_KEY}=true"] if resume else []),
         f"hydra.sweep.dir={sweep_dir}",
         "hydra.sweep.subdir=fold_${data.fold}",
     ]  # fmt: skip
@@ -160,7 +222,7 @@ def read_folds(multirun_dir: str | Path) -> FoldSet:
         where = job_dir / ".hydra" / "config.yaml"
         fold = _int(data.get("fold"), FOLD_KEY, where)
         counts.add(_int(data.get("num_folds"), NUM_FOLDS_KEY, where))
-        others.add(tuple(o for o in job.overrides if not o.startswith(f"{FOLD_KEY}=")))
+        others.add(tuple(o for o in job.overrides if _key(o) not in (FOLD_KEY, RESUME_KEY)))
         by_fold.setdefault(fold, []).append((job, job_dir))
     if len(counts) > 1 or len(others) > 1:
         why = (

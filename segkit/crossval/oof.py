@@ -11,10 +11,17 @@ A CV directory holds:
   a region dataset, per region; means) plus a ``crossval`` entry: every fold's status,
   checkpoint and cases, which folds are missing or failed (their cases count as failures,
   as evaluate counts them), the labels and regions scored.
+
+The same ``segkit cv`` again with the same ``out=`` finishes an interrupted CV (killed, or
+stopped by a full disk): it trains only the folds without a finished job, each going on from
+its ``last.ckpt`` (``resume=true``), and predicts only the out-of-fold cases not yet written
+by their fold's checkpoint (``segkit predict``'s record; they collect in ``.oof-partial/``
+until every fold is done, then replace ``oof/``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -24,14 +31,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from segkit.crossval.folds import FoldSet, check_overrides, launch_folds, read_folds
-from segkit.errors import ConfigError, DataError
-from segkit.fsio import save_json_atomic
+from segkit.crossval.folds import (
+    FoldSet,
+    check_overrides,
+    folds_to_train,
+    launch_folds,
+    read_folds,
+)
+from segkit.errors import ConfigError, DataError, DiskFullError
+from segkit.fsio import disk_full, is_disk_full, save_json_atomic
 from segkit.inference.predict.decision import relative_to
 
 SUMMARY = "summary.json"
 OOF = "oof"
+STAGE = ".oof-partial"
 FORMAT = "segkit-cv/1"
+RERUN = "run the same command again with the same out=: it goes on where it stopped"
 
 
 def default_out(overrides: Sequence[str]) -> Path:
@@ -52,22 +67,36 @@ def run_cv(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Trains every fold through the configured launcher, then `summarise` (see module).
+    Where ``out`` holds this configuration's folds already, only the unfinished ones are
+    trained, each resumed from its last checkpoint.
 
     Raises:
-        ConfigError: ``data.fold`` among the overrides, or ``out`` already holds folds.
+        ConfigError: ``data.fold`` among the overrides, or ``out`` holds another
+            configuration's folds.
+        DiskFullError: a file could not be written for want of space.
     """
     num_folds = check_overrides(overrides, folds)
     out = Path(out) if out is not None else default_out(overrides)
     sweep = out / "folds"
-    if sweep.is_dir() and any(sweep.iterdir()):
-        raise ConfigError(
-            f"out={out}: already holds the folds of a CV ({sweep}). Fix: choose another out=, "
-            f"or summarise those folds again with `segkit cv from={sweep} out={out}`."
-        )
-    code = launch_folds(overrides, num_folds=num_folds, sweep_dir=sweep.resolve())
-    if code:
-        print(f"segkit cv: the multirun exited with status {code}; summarising what finished")
-    return summarise(sweep, out=out, tta=tta, device=device)
+    try:
+        todo = folds_to_train(overrides, num_folds=num_folds, sweep_dir=sweep)
+        if todo:
+            resume = len(todo) < num_folds or sweep.is_dir()
+            if resume:
+                print(f"segkit cv: {out} holds this CV; training fold(s) {todo}, resumed")
+            code = launch_folds(
+                overrides, num_folds=num_folds, sweep_dir=sweep.resolve(), folds=todo,
+                resume=resume,
+            )  # fmt: skip
+            if code:
+                print(f"segkit cv: the multirun exited with status {code}; summarising the rest")
+        return summarise(sweep, out=out, tta=tta, device=device)
+    except DiskFullError as err:
+        raise err.resumed_by(RERUN) from err
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise disk_full(err.filename or out, err).resumed_by(RERUN) from err
 
 
 def summarise(
@@ -134,57 +163,79 @@ def _file_name(case_id: str, like: Path) -> str:
 
 
 def _predict_folds(folds: FoldSet, cases: dict, out: Path, *, tta: bool, device: str) -> dict:
-    """Predicts every ok fold's validation cases into a fresh ``oof/`` (replaced at the end,
-    so a crash leaves the previous one); returns what inference ran per case."""
+    """Predicts every ok fold's validation cases into ``.oof-partial/``, which replaces
+    ``oof/`` at the end (so a crash leaves the previous one); a case already written there,
+    or in ``oof/``, by its fold's checkpoint is skipped. Returns what inference ran per case."""
     from segkit.inference.predict.run import PredictOptions, predict
 
     options = PredictOptions(save_probabilities=True, progress=False, tta=tta, device=device)
-    stage = out / f".{OOF}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage = out / STAGE
     ran: dict[str, str] = {}
-    try:
-        stage.mkdir()
-        for fold in folds.folds:
-            if fold.status != "ok":
-                continue
-            unknown = sorted(set(fold.val_cases) - set(cases))
-            if unknown:
-                raise DataError(
-                    f"{folds.data_root}: fold {fold.fold} validates on {unknown[:3]}, which "
-                    "dataset.json does not list as training cases. Fix: restore the dataset "
-                    "the folds were trained on."
-                )
-            with tempfile.TemporaryDirectory(dir=out, prefix=".inputs-") as inputs:
-                for case_id in fold.val_cases:
-                    for image in cases[case_id].images:
-                        os.symlink(image, Path(inputs) / image.name)
+    keep: set[str] = set()
+    if not stage.is_dir():
+        _link_tree(out / OOF, stage)
+    for fold in folds.folds:
+        if fold.status != "ok":
+            continue
+        unknown = sorted(set(fold.val_cases) - set(cases))
+        if unknown:
+            raise DataError(
+                f"{folds.data_root}: fold {fold.fold} validates on {unknown[:3]}, which "
+                "dataset.json does not list as training cases. Fix: restore the dataset "
+                "the folds were trained on."
+            )
+        with tempfile.TemporaryDirectory(dir=out, prefix=".inputs-") as inputs:
+            for case_id in fold.val_cases:
+                for image in cases[case_id].images:
+                    os.symlink(image, Path(inputs) / image.name)
 
-                def report(line: str, k: int = fold.fold) -> None:
-                    case, _, what = line.partition(": ")
-                    ran[case] = f"fold {k}: {what}"
-                    print(f"fold {k}: {line}", flush=True)
+            def report(line: str, k: int = fold.fold) -> None:
+                case, _, what = line.partition(": ")
+                ran[case] = f"fold {k}: {what}"
+                print(f"fold {k}: {line}", flush=True)
 
-                written = predict(
-                    ckpt=fold.checkpoint,
-                    input=inputs,
-                    output=stage,
-                    options=options,
-                    report=report,
-                )
-            names = {_file_name(c, cases[c].label) for c in fold.val_cases}
-            if {p.name for p in written} != names:
-                raise DataError(
-                    f"fold {fold.fold}: predictions {sorted(p.name for p in written)[:3]} are "
-                    f"not named as its cases' labels {sorted(names)[:3]}. Fix: name image "
-                    "files after their case ids."
-                )
-        old = out / OOF
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(stage, old)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage)
+            written = predict(
+                ckpt=fold.checkpoint,
+                input=inputs,
+                output=stage,
+                options=options,
+                report=report,
+            )
+        names = {_file_name(c, cases[c].label) for c in fold.val_cases}
+        if {p.name for p in written} != names:
+            raise DataError(
+                f"fold {fold.fold}: predictions {sorted(p.name for p in written)[:3]} are "
+                f"not named as its cases' labels {sorted(names)[:3]}. Fix: name image "
+                "files after their case ids."
+            )
+        keep |= names | {f"{c}.npz" for c in fold.val_cases}
+    for leftover in stage.iterdir():  # another round's cases, a dead process's temporaries
+        if leftover.name not in keep:
+            leftover.unlink()
+    _swap(stage, out / OOF)
     return ran
+
+
+def _link_tree(source: Path, stage: Path) -> None:
+    """``stage`` created holding hard links to ``source``'s files (their predictions are
+    reused where still valid; ``source`` is left as it is)."""
+    stage.mkdir()
+    if not source.is_dir():
+        return
+    for f in source.iterdir():
+        if f.is_file():
+            with contextlib.suppress(OSError):  # no hard links here: predicted again
+                os.link(f, stage / f.name)
+
+
+def _swap(stage: Path, final: Path) -> None:
+    """``stage`` renamed to ``final``; the previous ``final`` removed after."""
+    old = final.with_name(f".{final.name}-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(stage, final)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def _crossval_entry(folds: FoldSet, out: Path, ran: dict, *, tta: bool, info: Any) -> dict:

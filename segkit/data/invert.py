@@ -95,10 +95,13 @@ def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
 
 
 def write_probabilities_npz(
-    path: Path, probabilities_npy: Path, label_names: Sequence[str]
+    path: Path,
+    probabilities_npy: Path,
+    label_names: Sequence[str],
+    extra: dict[str, np.ndarray] | None = None,
 ) -> None:
-    """Writes ``path`` (an ``.npz``: ``probabilities``, ``label_names``) streaming the
-    ``.npy`` file from disk into the compressed archive."""
+    """Writes ``path`` (an ``.npz``: ``probabilities``, ``label_names`` and ``extra``'s
+    arrays) streaming the ``.npy`` file from disk into the compressed archive."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
         with (
             open(probabilities_npy, "rb") as src,
@@ -108,3 +111,7 @@ def write_probabilities_npz(
         buf = io.BytesIO()
         np.save(buf, np.asarray(list(label_names)))
         zf.writestr("label_names.npy", buf.getvalue())
+        for name, array in (extra or {}).items():
+            buf = io.BytesIO()
+            np.save(buf, array)
+            zf.writestr(f"{name}.npy", buf.getvalue())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +178,12 @@ def read_nifti(path: Path, *, kind: str = "image") -> NiftiVolume:
     )
 
 
-def write_nifti(path: Path, array: np.ndarray, reference_path: Path) -> Path:
+def write_nifti(
+    path: Path,
+    array: np.ndarray,
+    reference_path: Path,
+    extensions: Sequence[nib.nifti1.Nifti1Extension] = (),
+) -> Path:
     """Writes `array` as NIfTI with the affine and header of a reference file.
 
     Args:
@@ -186,6 +191,7 @@ def write_nifti(path: Path, array: np.ndarray, reference_path: Path) -> Path:
         array: Data in the reference's voxel grid: spatial shape equal to the
             reference's; an extra trailing axis (e.g. probabilities) is allowed.
         reference_path: The image whose affine and header are copied.
+        extensions: Header extensions added to the reference's (e.g. what wrote the file).
 
     Returns:
         The written path.
@@ -207,6 +213,7 @@ def write_nifti(path: Path, array: np.ndarray, reference_path: Path) -> Path:
     header.set_data_shape(array.shape)
     # The reference may carry scl_slope/inter; written labels must be stored verbatim.
     header.set_slope_inter(1.0, 0.0)
+    header.extensions.extend(extensions)
     out = nib.Nifti1Image(array, ref.affine, header)
     out.set_qform(ref.get_qform(), code=int(ref.header["qform_code"]))
     out.set_sform(ref.get_sform(), code=int(ref.header["sform_code"]))

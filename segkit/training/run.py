@@ -24,8 +24,8 @@ from segkit.defaults import (
     DEFAULT_OVERLAP,
     SLICE_AXIS,
 )
-from segkit.errors import ConfigError, SegkitError, interpolation_error, refuse
-from segkit.fsio import save_json_atomic
+from segkit.errors import ConfigError, DiskFullError, SegkitError, interpolation_error, refuse
+from segkit.fsio import disk_full, is_disk_full, save_json_atomic, write_text_atomic
 from segkit.inference.engine.outputs import OutputHead
 from segkit.plan import Plan
 from segkit.spec import UNetSpec
@@ -137,7 +137,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
 
     dm, spec, plan, info = prepare(cfg)
     log.info("%s", composition(cfg))
-    (out_dir / "plan.txt").write_text(plan.table() + "\n")
+    write_text_atomic(out_dir / "plan.txt", plan.table() + "\n")
     if cfg.get("print_plan", True):
         print(plan.table(), flush=True)
     ckpt_path = _resume_path(cfg, out_dir)
@@ -190,6 +190,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
         cfg.trainer,
         callbacks=_instantiate_all(cfg.get("callbacks")),
         logger=_instantiate_all(cfg.get("logger")) or False,
+        **_checkpoint_io(cfg),
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -239,6 +240,13 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
     return value, metrics
 
 
+def _checkpoint_io(cfg: DictConfig) -> dict[str, Any]:
+    """Checkpoints written atomically beside their name (``trainer.plugins`` given: those)."""
+    from segkit.training.checkpoint_io import AtomicCheckpointIO
+
+    return {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+
+
 def _validation_cases(trainer: Any, dm: Any, *, load: bool = True):
     """``(case id, image, label)`` of the validation fold, as many as validation used
     (only the ids, with None for the arrays, when ``load`` is false)."""
@@ -258,7 +266,7 @@ def _validation_cases(trainer: Any, dm: Any, *, load: bool = True):
 def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) -> dict | None:
     """Measure sliding-window settings on the validation fold for best.ckpt and last.ckpt,
     and store the cheapest one within tolerance of the best in each checkpoint."""
-    from segkit.fsio import atomic_path
+    from segkit.fsio import save_torch_atomic
     from segkit.inference.calibrate import calibrate
     from segkit.inference.predict.checkpoint import (
         CALIBRATION_KEY,
@@ -304,8 +312,7 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
         else:
             print(f"\n{path.name} holds the same weights: the same setting is stored in it")
         ckpt[CALIBRATION_KEY] = found.to_dict()
-        with atomic_path(path, suffix=".ckpt") as tmp:
-            torch.save(ckpt, tmp)
+        save_torch_atomic(path, ckpt)
 
         if path.name == "best.ckpt" or result is None:
             result = {**found.to_dict(), "checkpoint": path.name}
@@ -350,20 +357,34 @@ def main(cfg: DictConfig) -> float | None:
     the sweep goes on.
     """
     try:
-        value, _ = train(cfg)
+        try:
+            value, _ = train(cfg)
+        except OSError as err:  # a log or a library's file: the run directory is named
+            if not is_disk_full(err):
+                raise
+            raise disk_full(err.filename or cfg.paths.output_dir, err).resumed_by(RESUME) from err
+        except DiskFullError as err:
+            raise err.resumed_by(RESUME) from err
         # a multirun's sweeper gets None ("no value") for a nan; segkit search reads a trial's
         # values from its study, not from this return
         return None if value is None or math.isnan(value) else value
     except (SegkitError, InterpolationResolutionError) as exc:
         if isinstance(exc, InterpolationResolutionError):  # an override's ${...}
             exc = interpolation_error(exc, cfg)
-        if _is_multirun():
+        # a full disk stops a sweep too: its other jobs would find it full
+        if _is_multirun() and not isinstance(exc, DiskFullError):
             out_dir = Path(cfg.paths.output_dir)
             out_dir.mkdir(parents=True, exist_ok=True)
             save_json_atomic(out_dir / "metrics.json", {"status": "skipped", "reason": str(exc)})
             log.error("skipped: %s", exc)
             return None
         sys.exit(refuse("train.py", exc))
+
+
+RESUME = (
+    "run the same command again with resume=true (and the same run directory): it goes on "
+    "from checkpoints/last.ckpt"
+)
 
 
 def _is_multirun() -> bool:

@@ -362,7 +362,7 @@ def test_cv_refuses_to_set_the_fold_or_reuse_a_cv(cv_run, capsys):
     assert run_segkit("cv", "data.fold=1") == 2
     assert "data.fold=1 given, but cv trains every fold itself" in capsys.readouterr().err
     assert run_segkit("cv", f"out={cv_run.cvs['plain']}") == 2
-    assert "already holds the folds of a CV" in capsys.readouterr().err
+    assert "holds the folds of another configuration" in capsys.readouterr().err
 
 
 def test_folds_ran_as_submitit_jobs(cv_run):

@@ -10,6 +10,10 @@ channel count matches the model, output directory writable and not the inputs'
 folder), so a bad input fails with one clear message and leaves no output behind.
 A case whose image body turns out corrupt fails alone: every other case is still
 written (each atomically), and the error names what was written and what failed.
+A full disk stops the run with one line naming the file. Each output records what wrote
+it (:mod:`segkit.inference.predict.record`): the same command again, into the same
+folder, skips the cases already written by the same checkpoints, options and inputs and
+overwrites the others.
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ from segkit.data.invert import (
 )
 from segkit.data.io import NIFTI_SUFFIXES, quiet_nibabel, strip_nifti_suffix, write_nifti
 from segkit.defaults import DEFAULT_OVERLAP
-from segkit.errors import ConfigError, DataError, SegkitError
-from segkit.fsio import atomic_path
+from segkit.errors import ConfigError, DataError, DiskFullError, SegkitError
+from segkit.fsio import atomic_path, disk_full, is_disk_full
 from segkit.inference.engine.segment import segment
 from segkit.inference.engine.settings import Decision, InferenceSettings
 from segkit.inference.engine.sliding import ModelRun
@@ -59,6 +63,21 @@ from segkit.inference.predict.parts import (
     select_part,
 )
 from segkit.inference.predict.postprocess import apply_postprocessing, check_steps
+from segkit.inference.predict.record import (
+    NPZ_MEMBER,
+    already_written,
+    case_record,
+    model_files,
+    nifti_extension,
+    npz_member,
+    run_record,
+)
+
+SKIPPED = "is already written by these checkpoints and options"
+RERUN = (
+    "run the same command again: the cases already written by these checkpoints and "
+    "options are skipped"
+)
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -424,11 +443,14 @@ def predict_case(
     opts: PredictOptions,
     device: torch.device,
     prepared: tuple[np.ndarray, dict] | None = None,
+    record: dict | None = None,
 ) -> tuple[Path, CaseDecisions]:
     """Predicts one case and writes ``output_dir/{case_id}.nii.gz`` (and ``.npz``).
 
     ``prepared``: the case already preprocessed (``preprocess_image``'s answer), e.g. read
-    ahead by a worker thread; None: preprocessed here. The engine hands out the labels and,
+    ahead by a worker thread; None: preprocessed here. ``record``: what wrote the files
+    (:func:`~segkit.inference.predict.record.case_record`), stored in them. The engine
+    hands out the labels and,
     for ``save_probabilities``, each tile's probabilities, which go to a float16 file on disk
     and are inverted slab by slab (:mod:`segkit.data.invert`); temporaries are removed and
     the ``.npz`` appears only complete.
@@ -451,7 +473,9 @@ def predict_case(
         runs.append(ModelRun(model.net, tuple(model.patch_size), settings, model.slice_axis))
         sources.append(source)
     if isinstance(pre, NnUNetInput):
-        return _predict_nnunet_case(runs, sources, image, props, models[0], case, output_dir, opts)
+        return _predict_nnunet_case(
+            runs, sources, image, props, models[0], case, output_dir, opts, record=record
+        )
     temps: list[Path] = []
     try:
         store = None
@@ -475,13 +499,13 @@ def predict_case(
         if opts.postprocess:
             seg_orig = apply_postprocessing(seg_orig, opts.postprocess)
         if not opts.save_probabilities:
-            write_nifti(out, seg_orig, case.images[0])
+            write_nifti(out, seg_orig, case.images[0], _extensions(record))
             return out, decisions
         temps.append(_temp_npy(output_dir, case.case_id, "orig"))
         invert_probabilities(temps[0], props, temps[1])
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
-            write_probabilities_npz(tmp, temps[1], label_names)
-            write_nifti(out, seg_orig, case.images[0])
+            write_probabilities_npz(tmp, temps[1], label_names, _npz_extra(record))
+            write_nifti(out, seg_orig, case.images[0], _extensions(record))
         return out, decisions
     finally:
         for path in temps:
@@ -497,6 +521,7 @@ def _predict_nnunet_case(
     case: InputCase,
     output_dir: Path,
     opts: PredictOptions,
+    record: dict | None = None,
 ) -> tuple[Path, CaseDecisions]:
     """One case of an nnU-Net model folder: the folds' logits averaged, nnU-Net's export.
 
@@ -574,18 +599,26 @@ def _predict_nnunet_case(
         seg = apply_postprocessing(seg, opts.postprocess)
     out = output_dir / _output_name(case)
     if probs is None:
-        write_nifti(out, seg, case.images[0])
+        write_nifti(out, seg, case.images[0], _extensions(record))
         return out, decisions
     temp = _temp_npy(output_dir, case.case_id, "orig")
     try:
         np.save(temp, probs.astype(np.float16))
         del probs
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
-            write_probabilities_npz(tmp, temp, model.output_names(classes))
-            write_nifti(out, seg, case.images[0])
+            write_probabilities_npz(tmp, temp, model.output_names(classes), _npz_extra(record))
+            write_nifti(out, seg, case.images[0], _extensions(record))
     finally:
         temp.unlink(missing_ok=True)
     return out, decisions
+
+
+def _extensions(record: dict | None) -> list:
+    return [nifti_extension(record)] if record else []
+
+
+def _npz_extra(record: dict | None) -> dict[str, np.ndarray] | None:
+    return {NPZ_MEMBER: npz_member(record)} if record else None
 
 
 def describe_case(case_id: str, decisions: Sequence[tuple[Decision, str]]) -> str:
@@ -616,7 +649,9 @@ def predict(
     are an ensemble: their softmax probabilities are averaged, each checkpoint inferring
     with its own measured setting. Each case is written atomically as soon as it is
     done; a case that fails (e.g. a corrupt image body) does not stop the others, and the
-    error at the end names the cases written and the cases that failed. With
+    error at the end names the cases written and the cases that failed; a full disk stops
+    the run. A case whose outputs in ``output`` are complete and were written by the same
+    checkpoints, options and inputs is skipped (:mod:`segkit.inference.predict.record`). With
     ``options.part="I/N"`` only the I-th of N disjoint shares of the cases is predicted
     (only its files are checked), and the last line names the part and its cases.
 
@@ -632,11 +667,12 @@ def predict(
             :func:`~segkit.inference.predict.checkpoint.load_model`).
 
     Returns:
-        The written label files.
+        The label files of every case (written now, or skipped as already written).
 
     Raises:
         ConfigError: bad checkpoint, options, ensemble or output folder.
         DataError: no or bad input files, channel mismatch, cases that failed.
+        DiskFullError: an output could not be written for want of space.
     """
     opts = options or PredictOptions()
     selection = find_selection(ckpt)
@@ -682,22 +718,44 @@ def predict(
     out_dir = check_output_dir(output)
     written: list[Path] = []
     failed: list[str] = []
+    run = run_record([f for m in models for f in model_files(m)], opts)
+    records = {c.case_id: case_record(run, c.images) for c in cases}
+    todo = []
+    for case in cases:
+        path = out_dir / _output_name(case)
+        if already_written(path, records[case.case_id], probabilities=opts.save_probabilities):
+            written.append(path)
+            say(f"{case.case_id}: skipped: {path.name} {SKIPPED}")
+        else:
+            todo.append(case)
     pre = models[0].preprocessor
-    ahead = read_ahead(cases, lambda c: pre.preprocess_image(c.images), workers=opts.workers)
+    ahead = read_ahead(todo, lambda c: pre.preprocess_image(c.images), workers=opts.workers)
     iterator = ahead
     if opts.progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(ahead, total=len(cases), desc="cases", unit="case")
+        iterator = tqdm(ahead, total=len(todo), desc="cases", unit="case")
         say = report or tqdm.write
     if part[1] > 1:
-        say(f"part {part[0]}/{part[1]}: predicting {len(cases)} of {len(all_cases)} case(s)")
+        say(f"part {part[0]}/{part[1]}: predicting {len(todo)} of {len(all_cases)} case(s)")
     with closing(ahead):
         for case, prepared in iterator:
             try:
                 path, decisions = predict_case(
-                    models, case, out_dir, opts, device, prepared=prepared()
+                    models,
+                    case,
+                    out_dir,
+                    opts,
+                    device,
+                    prepared=prepared(),
+                    record=records[case.case_id],
                 )
+            except DiskFullError as err:  # every later case would find the disk full too
+                raise err.resumed_by(RERUN) from err
+            except OSError as err:  # a temporary (probabilities, logits) found no room
+                if not is_disk_full(err):
+                    raise
+                raise disk_full(out_dir / _output_name(case), err).resumed_by(RERUN) from err
             except SegkitError as err:
                 failed.append(f"{case.case_id}: {err}")
                 say(f"{case.case_id}: FAILED: {err}")
