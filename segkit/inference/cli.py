@@ -44,6 +44,10 @@ Export a trained network for any input size:
 
   segkit export ckpt=RUN/checkpoints/best.ckpt format=onnx|torchscript output=FILE
 
+or as an nnU-Net v2 model folder (nnUNetv2_predict and segkit predict read it):
+
+  segkit export ckpt=RUN/checkpoints/best.ckpt format=nnunet output=DIR
+
 ONNX has dynamic batch and spatial axes (needs pip install 'segkit[export]');
 TorchScript is traced from a size-free wrapper. Both are compared with the eager
 model on two odd input sizes (check=true) and the max abs difference is printed; above
@@ -103,6 +107,14 @@ def cmd_export(args: Arguments) -> int:
     kv = dict(args.values)
     model = load_model(kv.pop("ckpt"), trusted_targets=kv.pop("trust", []))
     kv["fmt"] = kv.pop("format")
+    if kv["fmt"] == "nnunet":
+        from segkit.inference.nnunet_export import export_nnunet
+
+        error = export_nnunet(model, kv["output"], check=kv["check"])
+        print(f"wrote an nnU-Net v2 model folder to {kv['output']}")
+        if error is not None:
+            print(f"check: the network rebuilt from its plans.json matches (max |Δ| {error:.1e})")
+        return 0
     checks = export_model(model.net, patch_size=model.patch_size, **kv)
     print(f"wrote {kv['fmt']} model to {kv['output']}")
     if checks:
@@ -237,8 +249,8 @@ EXPORT = Command(
     description=EXPORT_HELP,
     keys=(
         Key("ckpt", "the checkpoint", required=True),
-        Key("format", "onnx | torchscript", required=True),
-        Key("output", "the file written", required=True),
+        Key("format", "onnx | torchscript | nnunet", required=True),
+        Key("output", "the file written (nnunet: a new folder)", required=True),
         Key("check", "compare with the eager network on two odd input sizes", bool),
         Key("tolerance", "largest max |export - eager|, relative to max(1, max |logits|)", float),
         _TRUST,

@@ -16,10 +16,12 @@ import copy
 import io
 import json
 import os
+import types
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 TEMPLATE = Path(__file__).parents[1] / "planner" / "data" / "Dataset005_Prostate"
@@ -220,3 +222,58 @@ def _fit(t: torch.Tensor, patch) -> torch.Tensor:
     for s, p in reversed(list(zip(t.shape[1:], patch))):
         pad += [0, p - s]
     return torch.nn.functional.pad(t, pad)
+
+
+def nnunet_predict(
+    folder: Path, cases: Path, out: Path, *, mirror: bool, float32: bool, folds=None
+) -> Path:
+    """``nnUNetPredictor.predict_from_files_sequential``; with ``float32``, its accumulators
+    and Gaussian in float32 (its module's ``torch.half`` and ``compute_gaussian`` swapped).
+    Probabilities are saved (``{case}.npz``, nnU-Net's reader axis order)."""
+    from nnunetv2.inference import predict_from_raw_data as raw
+    from nnunetv2.inference import sliding_window_prediction as sliding
+
+    out.mkdir()
+    pred = raw.nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=mirror,
+        perform_everything_on_device=False,
+        device=torch.device("cpu"),
+        verbose=False,
+        verbose_preprocessing=False,
+        allow_tqdm=False,
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        # nnU-Net finds the trainer class by importing every trainer module, some of which
+        # need timm (not installed here): hand it the class the folder names
+        mp.setattr(raw, "recursive_find_trainer_class_by_name", lambda *a, **k: _trainer(a[0]))
+        pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    files = [[str(f)] for f in sorted(cases.glob("*_0000.nii.gz"))]
+    if not float32:
+        pred.predict_from_files_sequential(files, str(out), True, True, None)
+        return out
+
+    def gaussian(*args, **kwargs):
+        return sliding.compute_gaussian(*args, **{**kwargs, "dtype": torch.float32})
+
+    gaussian.cache_clear = sliding.compute_gaussian.cache_clear
+    names = {k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")}
+    patched = types.SimpleNamespace(**{**names, "half": torch.float32})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(raw, "torch", patched)
+        mp.setattr(raw, "compute_gaussian", gaussian)
+        pred.predict_from_files_sequential(files, str(out), True, True, None)
+    return out
+
+
+def _trainer(name: str) -> type:
+    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation import (
+        nnUNetTrainerNoMirroring,
+    )
+
+    return {
+        "nnUNetTrainer": nnUNetTrainer.nnUNetTrainer,
+        "nnUNetTrainerNoMirroring": nnUNetTrainerNoMirroring.nnUNetTrainerNoMirroring,
+    }[name]

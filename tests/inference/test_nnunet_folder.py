@@ -21,7 +21,6 @@ Two references:
 
 from __future__ import annotations
 
-import types
 from pathlib import Path
 
 import nibabel as nib
@@ -34,9 +33,9 @@ from segkit.errors import ConfigError, SegkitError
 from segkit.inference.predict.nnunet_folder import is_nnunet_folder, load_nnunet_folder
 from segkit.inference.predict.run import PredictOptions, predict
 from tests.inference import nnunet_model
+from tests.inference.nnunet_model import nnunet_predict
 
-raw = pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
-sliding = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
+pytest.importorskip("nnunetv2.inference.predict_from_raw_data")
 
 STORED = 2.0**-12 + 1e-5  # float16 storage of a probability below 1, plus float32 slack
 
@@ -68,57 +67,6 @@ def model(tmp_path_factory) -> tuple[Path, Path]:
             cases / f"{name}_0000.nii.gz", shape, spacing or (1, 1, 1), seed=10 + i, affine=affine
         )
     return folder, cases
-
-
-def nnunet_predict(
-    folder: Path, cases: Path, out: Path, *, mirror: bool, float32: bool, folds=None
-) -> Path:
-    """``nnUNetPredictor.predict_from_files_sequential``; with ``float32``, its accumulators
-    and Gaussian in float32 (its module's ``torch.half`` and ``compute_gaussian`` swapped)."""
-    out.mkdir()
-    pred = raw.nnUNetPredictor(
-        tile_step_size=0.5,
-        use_gaussian=True,
-        use_mirroring=mirror,
-        perform_everything_on_device=False,
-        device=torch.device("cpu"),
-        verbose=False,
-        verbose_preprocessing=False,
-        allow_tqdm=False,
-    )
-    with pytest.MonkeyPatch.context() as mp:
-        # nnU-Net finds the trainer class by importing every trainer module, some of which
-        # need timm (not installed here): hand it the class the folder names
-        mp.setattr(raw, "recursive_find_trainer_class_by_name", lambda *a, **k: _trainer(a[0]))
-        pred.initialize_from_trained_model_folder(str(folder), use_folds=folds)
-    files = [[str(f)] for f in sorted(cases.glob("*_0000.nii.gz"))]
-    if not float32:
-        pred.predict_from_files_sequential(files, str(out), True, True, None)
-        return out
-
-    def gaussian(*args, **kwargs):
-        return sliding.compute_gaussian(*args, **{**kwargs, "dtype": torch.float32})
-
-    gaussian.cache_clear = sliding.compute_gaussian.cache_clear
-    names = {k: getattr(torch, k) for k in dir(torch) if not k.startswith("__")}
-    patched = types.SimpleNamespace(**{**names, "half": torch.float32})
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(raw, "torch", patched)
-        mp.setattr(raw, "compute_gaussian", gaussian)
-        pred.predict_from_files_sequential(files, str(out), True, True, None)
-    return out
-
-
-def _trainer(name: str) -> type:
-    from nnunetv2.training.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.training.nnUNetTrainer.variants.data_augmentation import (
-        nnUNetTrainerNoMirroring,
-    )
-
-    return {
-        "nnUNetTrainer": nnUNetTrainer.nnUNetTrainer,
-        "nnUNetTrainerNoMirroring": nnUNetTrainerNoMirroring.nnUNetTrainerNoMirroring,
-    }[name]
 
 
 def segkit_predict(folder: Path, cases: Path, out: Path, **options) -> Path:
