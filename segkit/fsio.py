@@ -3,15 +3,13 @@
 Every writer writes to a temporary name in the target directory and renames it into
 place, so a crash never leaves a half-written file under the final name, and a full disk
 (or quota, or file-size limit) raises :class:`~segkit.errors.DiskFullError` naming the
-file. Imports neither torch nor numpy (``save_npy_atomic`` and ``save_torch_atomic``
-import theirs when called), so ``segkit.data``, ``training``, ``inference`` and
-``sweeps`` can all use it.
+file. Imports neither torch nor numpy (``save_npy_atomic`` imports numpy when called), so
+``segkit.data``, ``training``, ``inference`` and ``sweeps`` can all use it.
 """
 
 from __future__ import annotations
 
 import errno
-import io
 import json
 import logging
 import os
@@ -111,18 +109,14 @@ def save_npy_atomic(path: Path, array: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def save_torch_atomic(path: Path, obj: Any) -> None:
-    """Writes `obj` with ``torch.save`` to `path` atomically.
+def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
+    """Writes `data` to `path` atomically (temp file + fsync + rename).
 
-    Serialised in memory first: torch's own file writer reports a full disk as a
-    ``RuntimeError`` without the errno, Python's ``write`` as ``OSError`` (EFBIG, ENOSPC).
+    One Python ``write``: a full disk surfaces as ``OSError`` with its errno (EFBIG, ENOSPC),
+    which torch's own file writer would report as a bare ``RuntimeError``.
     """
-    import torch
-
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(buffer.getbuffer())
+        fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
 

@@ -266,7 +266,6 @@ def _validation_cases(trainer: Any, dm: Any, *, load: bool = True):
 def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) -> dict | None:
     """Measure sliding-window settings on the validation fold for best.ckpt and last.ckpt,
     and store the cheapest one within tolerance of the best in each checkpoint."""
-    from segkit.fsio import save_torch_atomic
     from segkit.inference.calibrate import calibrate
     from segkit.inference.predict.checkpoint import (
         CALIBRATION_KEY,
@@ -274,6 +273,7 @@ def _calibrate_checkpoints(cfg: DictConfig, trainer: Any, module: Any, dm: Any) 
         read_checkpoint,
     )
     from segkit.nn import UNet
+    from segkit.training.checkpoint_io import save_torch_atomic
 
     opts = cfg.get("calibrate_inference") or {}
     if not opts.get("enabled", True) or trainer.fast_dev_run or not trainer.is_global_zero:
