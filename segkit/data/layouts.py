@@ -306,7 +306,14 @@ def _check_unique_ids(cases: list[CaseFiles], *, what: str, path: Path) -> None:
 
 
 def _resolve(root: Path, rel: str) -> Path:
-    return (root / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+    if Path(rel).is_absolute():
+        return Path(rel)
+    try:
+        return (root / rel).resolve()
+    except (RuntimeError, OSError) as err:  # Python's words for a symlink loop
+        raise DataError(
+            f"{root / rel}: cannot be resolved ({err}). Fix: point the symlink at the file."
+        ) from err
 
 
 def _msd_cases(meta: dict[str, Any], root: Path, *, path: Path) -> tuple[list, list]:
@@ -323,7 +330,8 @@ def _msd_cases(meta: dict[str, Any], root: Path, *, path: Path) -> tuple[list, l
         label = _relative_path(entry["label"], where=f"training[{i}].label", path=path)
         training.append(
             CaseFiles(
-                case_id=strip_nifti_suffix(image.name),
+                # the entry's own name: a symlinked file's target may be named otherwise
+                case_id=strip_nifti_suffix(Path(entry["image"]).name),
                 images=(image,),
                 label=_resolve(root, label),
             )
@@ -338,7 +346,8 @@ def _msd_cases(meta: dict[str, Any], root: Path, *, path: Path) -> tuple[list, l
     for i, rel in enumerate(entries):
         rel = rel.get("image") if isinstance(rel, dict) else rel
         image = _resolve(root, _relative_path(rel, where=f"test[{i}]", path=path))
-        test.append(CaseFiles(case_id=strip_nifti_suffix(image.name), images=(image,), label=None))
+        case_id = strip_nifti_suffix(Path(rel).name)
+        test.append(CaseFiles(case_id=case_id, images=(image,), label=None))
     return training, test
 
 

@@ -267,7 +267,7 @@ def plan_experiment(
     median3 = tuple(int(v) for v in np.floor(np.median(shapes, axis=0)))
     dataset_voxels = float(shapes.prod(axis=1).sum())
 
-    ndim = int(family.get("spatial_dims", 3))
+    ndim = _fixed_int("model.spatial_dims", family.get("spatial_dims", 3), example="3")
     slice_axis = None
     if ndim == 2:
         sp = np.asarray(spacing3)

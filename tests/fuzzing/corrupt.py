@@ -720,9 +720,13 @@ def _dataset_json_case(rng: random.Random, train: bool) -> Case:
                            _entries_change))  # fmt: skip
     use_semantic = rng.random() < 0.35 and not (semantic is _regions_change and layout != "regions")
     sub_seed = rng.getrandbits(32)
+    listed: tuple[str, ...] = ()
     if use_semantic:
-        probe = semantic(_meta_of(layout), random.Random(sub_seed))[1]
-        write, what = None, probe
+        probe, what = semantic(_meta_of(layout), random.Random(sub_seed))
+        write = None
+        # a file dataset.json lists (anywhere) is refused by its own name
+        entry = (probe.get("training") or [{}])[0]
+        listed = tuple(Path(v).name for v in entry.values() if isinstance(v, str) and v)
     else:
         write, what = json_file_mutation(rng, _meta_of(layout))
 
@@ -737,7 +741,7 @@ def _dataset_json_case(rng: random.Random, train: bool) -> Case:
         return _reader_argv(command, folder, root)
 
     # a dataset.json naming the wrong file is refused where that file is read
-    names = ("dataset.json", "/imagesTr/", "/labelsTr/", "/imagesTs/")
+    names = ("dataset.json", "/imagesTr/", "/labelsTr/", "/imagesTs/", *listed)
     return Case("dataset.json", command, f"{layout}: {what}", build, names)
 
 
@@ -1521,6 +1525,16 @@ def _train(*overrides: str, cache: tuple[str, Callable[[Path], None]] | None = N
     return build
 
 
+def _loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)
+
+
+def _dangling(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.parent / "nowhere")
+
+
 def _garbage(path: Path) -> None:
     path.write_bytes(random.Random(0).randbytes(2000))
 
@@ -1673,6 +1687,13 @@ REGRESSIONS: tuple[Case, ...] = (
                        lambda p: p.write_bytes(b""))), "empty.ckpt"),
     _regression("splits.json", "train.py", "one hand-made fold (was a traceback)",
                 _splits([{"train": ["c0"], "val": ["c1"]}]), "splits.json"),
+    _regression("nifti", "configure", "a label that is a symlink to itself (was RuntimeError)",
+                _in_dataset("labelsTr/c1.nii.gz", _loop), "c1.nii.gz"),
+    _regression("nifti", "configure", "a dangling symlink (was: the case named by its target)",
+                _in_dataset("imagesTr/c0.nii.gz", _dangling), "'c0'"),
+    _regression("cli", "configure", "model.spatial_dims=0x10 (was ValueError in the planner)",
+                _command("configure", "data.root={root}", "model.spatial_dims=0x10",
+                         dataset=True), "model.spatial_dims"),
     _regression("splits.json", "train.py", "seven folds of two cases (was: data.num_folds=7)",
                 _splits([{"train": ["c0"], "val": ["c1"]}] * 7), "splits.json"),
 )  # fmt: skip
