@@ -15,6 +15,7 @@ against the cases the job reported it validated on.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from segkit.errors import ConfigError, DataError
+from segkit.errors import ConfigError, DataError, DiskFullError
 
 FOLD_KEY = "data.fold"
 NUM_FOLDS_KEY = "data.num_folds"
@@ -172,6 +173,10 @@ def launch_folds(
 
     Returns:
         The multirun's exit status (non-zero when a job failed; the others still ran).
+
+    Raises:
+        DiskFullError: a job stopped the multirun for want of space (its one line, which
+            the job printed, is not passed on: this error says it, with cv's fix).
     """
     from segkit.config import conf_dir
 
@@ -186,7 +191,23 @@ def launch_folds(
         "hydra.sweep.subdir=fold_${data.fold}",
     ]  # fmt: skip
     print("segkit cv: " + " ".join(cmd[2:]), flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    full = None
+    with subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        for line in proc.stderr:  # passed on as it comes, but a full disk's refusal
+            if (match := _DISK_FULL.match(line)) is not None:
+                full = DiskFullError(match["path"], match["reason"])
+                continue
+            sys.stderr.write(line)
+            sys.stderr.flush()
+    if full is not None and proc.returncode == 2:
+        raise full
+    return proc.returncode
+
+
+# train.py's refusal of a write that found no room (segkit.errors.DiskFullError)
+_DISK_FULL = re.compile(
+    r"^train\.py: error: (?P<path>.+?): cannot be written: .*?\((?P<reason>\[Errno \d+\][^)]*)\)"
+)
 
 
 def _job_config(job_dir: Path) -> dict[str, Any]:

@@ -36,11 +36,13 @@ ERROR_LINE = re.compile(r"^(segkit [a-z-]+|train\.py): error: \S.*$")
 
 @dataclass(frozen=True)
 class Run:
-    """A finished child process."""
+    """A finished child process (``injected``: the fault injector killed it or one of the
+    processes it started)."""
 
     returncode: int
     stdout: str
     stderr: str
+    injected: bool = False
 
     @property
     def killed(self) -> bool:
@@ -68,8 +70,9 @@ def train_py(*args: object) -> list[str]:
 def environment(extra: Mapping[str, str] | None = None, *, inject: bool = False) -> dict:
     """The child's environment: this checkout first on the path, one thread."""
     env = dict(os.environ)
-    for key in ("SEGKIT_KILL_AT", "SEGKIT_KILL_MODE", "SEGKIT_KILL_WHERE", "SEGKIT_EVENT_LOG"):
-        env.pop(key, None)
+    for key in list(env):
+        if key.startswith(("SEGKIT_KILL_", "SEGKIT_EVENT_")):
+            env.pop(key)
     paths = [str(INJECT)] if inject else []
     env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO), env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -94,9 +97,11 @@ def run(
     killed too, as when a node or a job is lost.
     """
     extra = {}
+    mark = Path(cwd) / f".killed-{os.getpid()}-{kill_at}"
     if kill_at is not None:
+        mark.unlink(missing_ok=True)
         extra = {"SEGKIT_KILL_AT": str(kill_at), "SEGKIT_KILL_MODE": mode}
-        extra["SEGKIT_KILL_WHERE"] = where
+        extra.update(SEGKIT_KILL_WHERE=where, SEGKIT_KILL_MARK=str(mark))
     if event_log is not None:
         extra.update(SEGKIT_EVENT_LOG=str(event_log), SEGKIT_KILL_WHERE=where)
     inject = kill_at is not None or event_log is not None
@@ -122,7 +127,9 @@ def run(
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    return Run(proc.returncode, out, err)
+    injected = kill_at is not None and mark.exists()
+    mark.unlink(missing_ok=True)
+    return Run(proc.returncode, out, err, injected)
 
 
 def events(log: Path) -> list[tuple[int, str, str]]:
@@ -141,9 +148,11 @@ def count_events(log: Path) -> int:
 
 
 def is_temporary(path: Path, root: Path) -> bool:
-    """A temporary of an atomic write, or anything inside a hidden folder (a stage)."""
+    """A temporary of an atomic write, or anything inside a hidden folder (a stage such as
+    ``.oof-partial/``; Hydra's ``.hydra/`` holds final files)."""
     parts = path.relative_to(root).parts
-    return ".tmp-" in path.name or any(p.startswith(".") for p in parts[:-1])
+    hidden = [p for p in parts[:-1] if p.startswith(".") and p != ".hydra"]
+    return ".tmp-" in path.name or bool(hidden)
 
 
 def check_file(path: Path) -> str | None:

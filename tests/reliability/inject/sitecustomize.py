@@ -13,6 +13,8 @@ raises none, so its files are seen when they are renamed.
   SIGKILL once the file holds bytes (or after 20 ms): a kill in the middle of a write.
 - ``SEGKIT_KILL_WHERE=TEXT``: only a process whose command line holds TEXT counts (the
   variables pass to child processes: ``segkit cv``'s training jobs).
+- ``SEGKIT_KILL_MARK=FILE``: a line is appended to FILE just before the kill (a run whose
+  killed process was a child, which its parent survived, is known to have been killed).
 - ``SEGKIT_EVENT_LOG=FILE``: each event is appended to FILE as ``pid<TAB>event<TAB>path``
   (a run without a kill counts the points there are, and shows which paths are written
   under their final name).
@@ -39,6 +41,11 @@ _EVENTS = {
 
 
 def _die() -> None:
+    mark = os.environ.get("SEGKIT_KILL_MARK")
+    if mark:
+        fd = os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
