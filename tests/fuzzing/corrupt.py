@@ -1556,7 +1556,7 @@ def _regression(kind: str, command: str, what: str, build: Build, *names: str) -
 
 
 # Inputs that once ended in a traceback (or broke the one-line refusal), by name: each stays a
-# case of every run. "was": what segkit did before the fix.
+# case of every run. "was": what segkit did before the fix; "a check": a neighbour kept beside.
 REGRESSIONS: tuple[Case, ...] = (
     _regression("checkpoint", "predict", "hyper_parameters.preprocessor is an int (was TypeError)",
                 _checkpoint_with(_checkpoint_dict(_set(("hyper_parameters", "preprocessor"), 3))),
@@ -1679,13 +1679,13 @@ REGRESSIONS: tuple[Case, ...] = (
                 "dataset_fingerprint.json"),
     _regression("train.py", "train.py", "model.kernel_size=1000 (was RuntimeError allocating)",
                 _train("model.kernel_size=1000"), "model.kernel_size"),
-    _regression("cache", "train.py", "c0_fg.npy a pickled object (was ValueError)",
+    _regression("cache", "train.py", "c0_fg.npy a pickled object (a check beside them)",
                 _train(cache=("cases/c0_fg.npy", lambda p: np.save(p, np.array([{}]), True))),
                 "c0_fg.npy"),
-    _regression("checkpoint", "train.py", "init.from_checkpoint an empty file (was a traceback)",
+    _regression("checkpoint", "train.py", "init.from_checkpoint an empty file (a check)",
                 _train("init.from_checkpoint={root}/../empty.ckpt", cache=("../../empty.ckpt",
                        lambda p: p.write_bytes(b""))), "empty.ckpt"),
-    _regression("splits.json", "train.py", "one hand-made fold (was a traceback)",
+    _regression("splits.json", "train.py", "one hand-made fold (a check)",
                 _splits([{"train": ["c0"], "val": ["c1"]}]), "splits.json"),
     _regression("nifti", "configure", "a label that is a symlink to itself (was RuntimeError)",
                 _in_dataset("labelsTr/c1.nii.gz", _loop), "c1.nii.gz"),
