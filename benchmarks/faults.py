@@ -153,7 +153,7 @@ def _labels(folder: Path) -> dict:
     import nibabel as nib
     import numpy as np
 
-    return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+    return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("[!.]*.nii.gz"))}
 
 
 def make_jobs(base: Path) -> dict[str, Job]:
