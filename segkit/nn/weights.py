@@ -293,6 +293,7 @@ def dna_state_dict(net: UNet) -> tuple[str, dict[str, torch.Tensor]]:
         if src.transform is not None:
             tensor = _INVERSE[src.transform](tensor)
         out[src.key] = tensor.detach().clone().contiguous()
+
     def owners(name: str) -> set[str]:
         return {k.rpartition(name)[0] for k in out if name in k}
 
