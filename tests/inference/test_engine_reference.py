@@ -45,17 +45,24 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 @torch.no_grad()
 def reference_logits(net, x, window, overlap, flips=()):
     """Plain loop: every window (the engine's importance map), weighted sum over windows,
-    divided by the summed weights; ``flips``: each window also run mirrored, averaged."""
+    divided by the summed weights; ``flips``: each window also run mirrored, averaged. Along
+    an axis shorter than ``window`` the one window spans it and the network's input is that
+    window zero-padded, centred, to ``window`` (as training patches are), the output cropped."""
     size = x.shape[2:]
+    full = tuple(window)
     window = tuple(min(w, s) for w, s in zip(window, size))
+    pad = []  # F.pad order: last axis first, (before, after)
+    for f, w in reversed(list(zip(full, window))):
+        pad += [(f - w) // 2, f - w - (f - w) // 2]
+    keep = tuple(slice((f - w) // 2, (f - w) // 2 + w) for f, w in zip(full, window))
     weight = importance_map(size, window, overlap)
     acc = torch.zeros((net.spec.out_channels, *size), dtype=torch.float64)
     norm = torch.zeros(size, dtype=torch.float64)
     for corner in window_grid(size, window, overlap):
         sl = tuple(slice(c, c + w) for c, w in zip(corner, window))
-        patch = x[(slice(None), slice(None), *sl)]
+        patch = torch.nn.functional.pad(x[(slice(None), slice(None), *sl)], pad)
         outs = [net(patch)] + [net(patch.flip(d)).flip(d) for d in flips]
-        out = torch.stack(outs).mean(0)[0]
+        out = torch.stack(outs).mean(0)[0][(slice(None), *keep)]
         acc[(slice(None), *sl)] += out.double() * weight.double()
         norm[sl] += weight.double()
     return (acc / norm).float()
@@ -81,6 +88,24 @@ def test_engine_equals_monai_sliding_window_inference(size, overlap):
             roi_weight_map=importance_map(size, window, overlap),
         )
     _close(ours, theirs)
+
+
+@pytest.mark.parametrize("size", [(32, 32, 5), (3, 48, 16)])
+def test_a_volume_shorter_than_the_window_is_padded_as_monai_pads_it(size):
+    # MONAI pads the volume with zeros (centred) to the window along a shorter axis, runs its
+    # windows, crops the output: the network sees a window as the training patches it saw
+    monai_utils = pytest.importorskip("monai.inferers.utils")
+    net, window = _net(0), (16, 16, 8)
+    padded = tuple(max(s, w) for s, w in zip(size, window))
+    x = torch.randn(1, 1, *size, generator=torch.Generator().manual_seed(1))
+    ours = engine_logits(net, x, window, mode="sliding", overlap=0.5, sw_batch_size=4)
+    with torch.no_grad():
+        theirs = monai_utils.sliding_window_inference(
+            x, window, 4, net, overlap=0.5, roi_weight_map=importance_map(padded, window, 0.5)
+        )
+        unpadded = reference_logits(net, x, tuple(min(w, s) for w, s in zip(window, size)), 0.5)
+    _close(ours, theirs)
+    assert (ours - unpadded).abs().max() > 1e-2  # instance norm: the padding matters
 
 
 @pytest.mark.parametrize("size", [(37, 29, 15), (23, 41, 19)])

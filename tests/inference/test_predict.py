@@ -238,8 +238,14 @@ def test_trust_loads_a_user_block_checkpoint_and_predicts_as_the_trained_network
     assert type(module.net.encoder[0].blocks[0]).__qualname__ == "SEBlock"
     pre = Preprocessor.from_dict(dict(module.hparams.preprocessor))
     image, props = pre.preprocess_image([src])
+    # an axis shorter than the training patch (16, 16, 12) is zero-padded, centred, to it
+    size = image.shape[1:]
+    lo = [max(0, p - s) // 2 for s, p in zip(size, (16, 16, 12))]
+    padded = np.zeros((image.shape[0], *(max(s, p) for s, p in zip(size, (16, 16, 12)))))
+    padded[(slice(None), *(slice(a, a + s) for a, s in zip(lo, size)))] = image
     with torch.no_grad():
-        logits = module.net.eval()(torch.from_numpy(image)[None])
+        logits = module.net.eval()(torch.from_numpy(padded).float()[None])
+    logits = logits[(slice(None), slice(None), *(slice(a, a + s) for a, s in zip(lo, size)))]
     expected = pre.invert(logits[0].argmax(0).numpy().astype(np.uint8), props)
     np.testing.assert_array_equal(written, expected)
     expected_probs = pre.invert(logits[0].softmax(0).numpy(), props)

@@ -150,7 +150,7 @@ def estimate_bytes(
 
 def window_activations(runs: Sequence[ModelRun], decisions: Sequence[Decision]) -> list[int]:
     """Per network, the activation bytes of one window's forward pass."""
-    return [inference_bytes(r.net, d.window) for r, d in zip(runs, decisions)]
+    return [inference_bytes(r.net, r.input_window(d)) for r, d in zip(runs, decisions)]
 
 
 def plan_inference(

@@ -24,6 +24,13 @@ spatial axes, the outputs flipped back and averaged before the window is weighte
 
 A 2D network on a volume runs as windows one slice thick (:class:`SliceNet`): the slice
 axis is then just another axis of the loop, with one window per slice.
+
+Shorter than the patch. Along an axis where the volume is shorter than the training patch,
+the window spans the axis, and the network's input is that window padded with zeros,
+centred, to the patch (:meth:`ModelRun.input_window`); the output is cropped back. Every
+training patch of such a case was padded the same way, so the network sees at inference the
+input it was trained on; with instance norm, an unpadded input would be normalised with
+other statistics. nnU-Net's predictor and MONAI's ``sliding_window_inference`` pad the same.
 """
 
 from __future__ import annotations
@@ -91,6 +98,18 @@ class ModelRun:
         if self.is_2d and ndim == 3:
             window.insert(self.slice_axis, 1)
         return tuple(window)
+
+    def input_window(self, decision: Decision) -> tuple[int, ...]:
+        """The network's input for one window of ``decision`` (the network's axes): the
+        window, grown to the training patch on every axis where it spans a volume shorter
+        than the patch (the input is then zero-padded, centred; see the module)."""
+        patch = list(self.patch_size)
+        if self.is_2d and len(patch) == 3:
+            del patch[self.slice_axis]
+        return tuple(
+            max(w, int(p)) if w == n else w
+            for w, p, n in zip(decision.window, patch, decision.size)
+        )
 
     def mirror_dims(self, ndim: int) -> list[tuple[int, ...]]:
         """The tensor dims each mirrored pass flips (none without ``tta``)."""
@@ -219,6 +238,13 @@ def model_tiles(
     size = tuple(image.shape[2:])
     ndim = len(size)
     window = tuple(min(w, s) for w, s in zip(run.window(decision, ndim), size))
+    full = list(run.input_window(decision))
+    if run.is_2d and ndim == 3:
+        full.insert(run.slice_axis, 1)
+    inner = None  # where a window sits in the network's (zero-padded) input
+    if tuple(full) != window:
+        lo = [(f - w) // 2 for f, w in zip(full, window)]
+        inner = (slice(None), *(slice(a, a + w) for a, w in zip(lo, window)))
     overlap = decision.overlap
     batch = batch or run.batch
     device = image.device
@@ -240,19 +266,21 @@ def model_tiles(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=calls, desc="windows", leave=False)
-    buf = torch.empty((batch, image.shape[1], *window), dtype=image.dtype, device=device)
+    alloc = torch.empty if inner is None else torch.zeros  # the padding stays zero
+    buf = alloc((batch, image.shape[1], *full), dtype=image.dtype, device=device)
     try:
         for col, corners in columns:
             yield from _column(
-                net, image, corners, col, window, weight, sums, layout, buf, flips, bar
+                net, image, corners, col, window, weight, sums, layout, buf, flips, bar, inner
             )
     finally:
         if bar is not None:
             bar.close()
 
 
-def _column(net, image, corners, col, window, weight, sums, layout, buf, flips, bar):
-    """The tiles of one column (see the module docstring)."""
+def _column(net, image, corners, col, window, weight, sums, layout, buf, flips, bar, inner):
+    """The tiles of one column (see the module docstring); ``inner``: where each window sits
+    in the zero-padded network input (None: unpadded)."""
     n0 = image.shape[2]
     lo = [c[0] for c in col]
     hi = [c[1] for c in col]
@@ -272,8 +300,11 @@ def _column(net, image, corners, col, window, weight, sums, layout, buf, flips, 
         chunk = corners[i : i + buf.shape[0]]
         x = buf[: len(chunk)]
         for j, c in enumerate(chunk):
-            x[j].copy_(image[(0, slice(None), *(slice(a, a + w) for a, w in zip(c, window)))])
+            crop = image[(0, slice(None), *(slice(a, a + w) for a, w in zip(c, window)))]
+            (x[j] if inner is None else x[j][inner]).copy_(crop)
         out = _forward(net, x, flips)
+        if inner is not None:
+            out = out[(slice(None), *inner)]
         if bar is not None:
             bar.update()
         if acc is None:
