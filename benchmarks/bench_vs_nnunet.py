@@ -8,7 +8,8 @@ training cases; the 3 held-out cases in ``imagesTs``) and run as a user runs the
   ``DefaultPreprocessor`` (``3d_fullres``), then ``nnUNetTrainer`` fold 0 on the CPU, then
   ``nnUNetPredictor`` (its defaults: Gaussian, step 0.5, mirroring) on ``imagesTs``;
 - **segkit**: ``python train.py data=msd data.root=RAW`` (``planner=auto``, fold 0), then
-  ``segkit predict`` (its defaults) of ``last.ckpt`` on ``imagesTs``.
+  ``segkit predict`` of ``last.ckpt`` on ``imagesTs``, with its defaults (no mirroring) and
+  with ``tta=true`` (mirroring, as nnU-Net's predictor by default).
 
 Equal budgets: the arms run one after the other in this process with the same torch threads
 (``--threads``), data loading in the main process for both (segkit ``data.num_workers=0``,
@@ -24,7 +25,7 @@ epoch), the only change to either tool's defaults besides the thread and time se
 One scorer for both: ``segkit evaluate``'s Dice (checked against MONAI's ``DiceMetric`` in
 tests/inference/test_metrics.py), per class or per region, mean over the held-out cases.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_vs_nnunet.py                    # ~25 min
+    OMP_NUM_THREADS=2 python benchmarks/bench_vs_nnunet.py                    # ~33 min
     OMP_NUM_THREADS=2 python benchmarks/bench_vs_nnunet.py --seconds 60 --datasets dense
 """
 
@@ -174,7 +175,8 @@ def _nnunet(kind: str, raw: Path, work: Path, seconds: float, threads: int) -> d
 
 
 def _segkit(kind: str, raw: Path, work: Path, seconds: float) -> dict:
-    """``train.py data=msd data.root=RAW`` for ``seconds``, then ``segkit predict``."""
+    """``train.py data=msd data.root=RAW`` for ``seconds``, then ``segkit predict`` with its
+    defaults (no mirroring) and with ``tta=true`` (nnU-Net's mirroring)."""
     from segkit.config import compose
     from segkit.inference.predict.run import PredictOptions, predict
     from segkit.training.run import train
@@ -196,21 +198,24 @@ def _segkit(kind: str, raw: Path, work: Path, seconds: float) -> dict:
     start = time.perf_counter()
     _, metrics = train(compose(overrides, hydra_config=True))
     train_s = time.perf_counter() - start
-    pred = work / f"pred_segkit_{kind}"
-    start = time.perf_counter()
-    predict(
-        ckpt=out / "checkpoints" / "last.ckpt",
-        input=raw / "imagesTs",
-        output=pred,
-        options=PredictOptions(progress=False),
-    )
-    return {
-        "train_s": round(train_s, 1),
-        "predict_s": round(time.perf_counter() - start, 1),
-        "steps": metrics["global_step"],
-        "network": f"params {metrics['params']:,}",
-        "prediction": pred,
-    }
+    arms = {}
+    for name, tta in (("segkit", None), ("segkit_tta", True)):  # its default; mirrored as nnU-Net
+        pred = work / f"pred_{name}_{kind}"
+        start = time.perf_counter()
+        predict(
+            ckpt=out / "checkpoints" / "last.ckpt",
+            input=raw / "imagesTs",
+            output=pred,
+            options=PredictOptions(progress=False, tta=tta),
+        )
+        arms[name] = {
+            "train_s": round(train_s, 1),
+            "predict_s": round(time.perf_counter() - start, 1),
+            "steps": metrics["global_step"],
+            "network": f"params {metrics['params']:,}",
+            "prediction": pred,
+        }
+    return arms
 
 
 def _score(pred: Path, labels: Path, raw: Path) -> dict[str, float]:
@@ -234,7 +239,7 @@ def _score(pred: Path, labels: Path, raw: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "bench_vs_nnunet")
-    parser.add_argument("--seconds", type=float, default=300, help="training, each arm")
+    parser.add_argument("--seconds", type=float, default=420, help="training, each arm")
     parser.add_argument("--cases", type=int, default=16, help="training cases (+3 held out)")
     parser.add_argument("--datasets", default="dense,regions")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
@@ -252,17 +257,18 @@ def main() -> None:
         raw, labels = _raw_folder(kind, work, args.cases)
         arms = {"nnunet": _nnunet(kind, raw, work, args.seconds, args.threads)}
         torch.set_num_threads(args.threads)
-        arms["segkit"] = _segkit(kind, raw, work, args.seconds)
+        arms.update(_segkit(kind, raw, work, args.seconds))
         for arm in arms.values():
             arm["dice"] = _score(arm.pop("prediction"), labels, raw)
         results[kind] = arms
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"\n{args.seconds:g} s of training each, {args.threads} threads; {load}")
     for kind, arms in results.items():
-        print(f"\n{kind}: {'':<18}{'nnU-Net':>9}{'segkit':>9}{'diff':>9}")
+        print(f"\n{kind}: {'':<18}{'nnU-Net':>9}{'segkit':>9}{'diff':>9}{'+TTA':>9}{'diff':>9}")
         for name in arms["segkit"]["dice"]:
             a, b = arms["nnunet"]["dice"][name], arms["segkit"]["dice"][name]
-            print(f"{'':<8}{name:<20}{a:9.4f}{b:9.4f}{b - a:+9.4f}")
+            c = arms["segkit_tta"]["dice"][name]
+            print(f"{'':<8}{name:<20}{a:9.4f}{b:9.4f}{b - a:+9.4f}{c:9.4f}{c - a:+9.4f}")
         for arm, r in arms.items():
             print(f"  {arm}: {r['steps']} steps in {r['train_s']} s, predict {r['predict_s']} s,"
                   f" {r['network']}")  # fmt: skip
