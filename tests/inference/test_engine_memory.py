@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from segkit.inference.engine.memory import GiB
 from tests.rss import run_child
 
@@ -20,15 +22,28 @@ MiB = 2**20
 CLASSES, PATCH = 64, [32, 32, 32]
 
 
-def test_measured_peak_stays_under_the_budget_and_flat_in_every_axis():
+def _peaks(runs: list[dict]) -> list[dict]:
+    return run_child(
+        Path(__file__).with_name("engine_memory_child.py"),
+        {"classes": CLASSES, "patch": PATCH, "runs": runs},
+    )["runs"]
+
+
+def test_measured_peak_stays_under_the_budget():
     budget = 0.6
     big = [32, 224, 224]  # one plane of 64 classes takes 411 MB of accumulator (32 rows)
+    # overlap 0.5: columns cost windows, so only the budget makes the planner split
+    (fits,) = _peaks([{"size": big, "budget": budget, "overlap": 0.5}])
+    assert fits["peak"] <= budget * GiB, fits
+    assert fits["estimate"] <= budget * GiB
+
+
+@pytest.mark.slow  # ~35 s: six predictions (the curves: benchmarks/bench_inference_memory.py)
+def test_measured_peak_is_flat_in_every_axis():
     # per-axis runs at overlap 0: columns at window starts are free, so the accumulator spans
     # one 32×32 column whatever the plane (an accumulator limit of 4 MiB would force the same)
     small = 4 * MiB
     runs = [
-        # overlap 0.5: columns cost windows, so only the budget makes the planner split
-        {"size": big, "budget": budget, "overlap": 0.5},
         {"size": [128, 64, 64], "accumulator_bytes": small},
         {"size": [512, 64, 64], "accumulator_bytes": small},
         {"size": [128, 256, 64], "accumulator_bytes": small},
@@ -38,13 +53,7 @@ def test_measured_peak_stays_under_the_budget_and_flat_in_every_axis():
         {"size": [128, 64, 64], "accumulator_bytes": 2**40, "overlap": 0.5},
         {"size": [128, 256, 64], "accumulator_bytes": 2**40, "overlap": 0.5},
     ]
-    out = run_child(
-        Path(__file__).with_name("engine_memory_child.py"),
-        {"classes": CLASSES, "patch": PATCH, "runs": runs},
-    )["runs"]
-    fits, base, axis0, axis1, axis2, plane_base, whole_plane = out
-    assert fits["peak"] <= budget * GiB, fits
-    assert fits["estimate"] <= budget * GiB
+    base, axis0, axis1, axis2, plane_base, whole_plane = _peaks(runs)
     # each axis 4× longer adds 3·128·64² voxels; the peak above the input volume may grow by
     # the label map (1 byte a voxel), not by classes × plane. The base is long enough along axis 0
     # for full window batches in every column (a shorter column runs smaller batches).

@@ -29,6 +29,7 @@ def _inspect(run_dir: Path, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.slow  # ~11 s: a training run; MLflow's server test stays in the default suite
 def test_wandb_offline_run_records_config_plan_epochs_and_final_dice(tmp_path, demo_data_dir):
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
     # a search trial's run: what `segkit search` adds for a study "study-x", trial 3
