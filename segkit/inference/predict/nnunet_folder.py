@@ -10,8 +10,8 @@ allow-listed here; never ``weights_only=False``), and predicted as nnU-Net's
   axes kept in nnU-Net's transposed order, the checkpoint's weights mapped onto it
   (:mod:`segkit.nn.weights`, the functions the forward-value tests hold against DNA);
 - **preprocessing**: nnU-Net's, reproduced bit for bit
-  (:class:`~segkit.data.nnunet_preprocess.NnUNetPreprocessor`), then zero-padded, centred, to
-  at least the patch (``pad_nd_image``);
+  (:class:`~segkit.data.nnunet_preprocess.NnUNetPreprocessor`); where the case is shorter than
+  the patch, the engine zero-pads each window, centred, to the patch, as ``pad_nd_image`` pads;
 - **sliding window**: the engine with nnU-Net's window placement and Gaussian
   (:mod:`segkit.inference.engine.windows`) at nnU-Net's ``tile_step_size`` 0.5, mirroring over
   the checkpoint's ``inference_allowed_mirroring_axes`` (on unless ``tta=false``; none where
@@ -206,41 +206,23 @@ class SpilledLogits:
 
 @dataclass(frozen=True)
 class NnUNetInput:
-    """The ``preprocessor`` of an nnU-Net model: nnU-Net's preprocessing, padding and export.
+    """The ``preprocessor`` of an nnU-Net model: nnU-Net's preprocessing and export.
 
     Attributes:
         pre: nnU-Net's preprocessing of the checkpoint's configuration.
-        patch_size: the configuration's patch (the padding's minimum shape).
         regions_class_order: for a region model, dataset.json's; None for classes.
     """
 
     pre: NnUNetPreprocessor
-    patch_size: tuple[int, ...]
     regions_class_order: tuple[int, ...] | None = None
 
     def preprocess_image(self, files: Sequence[Path]) -> tuple[np.ndarray, dict[str, Any]]:
-        """``(C, *S)`` float32 network input in nnU-Net's axis order, padded to the patch, and
-        the properties the export needs."""
+        """``(C, *S)`` float32 network input in nnU-Net's axis order and the properties the
+        export needs. Along an axis shorter than the patch the engine zero-pads each window,
+        centred, to the patch, as nnU-Net's ``pad_nd_image`` pads the case (one window spans
+        such an axis, so the two give the same logits)."""
         data, _, props = self.pre.preprocess_case(list(files), None)
-        shape = data.shape[1:]
-        low = [0] * len(shape)
-        new = list(shape)
-        for i, p in enumerate(self.patch_size):  # a 2D patch pads the last two axes
-            a = len(shape) - len(self.patch_size) + i
-            if shape[a] < p:
-                low[a], new[a] = (p - shape[a]) // 2, p
-        props["padding"] = [[lo, lo + n] for lo, n in zip(low, shape)]
-        if new != list(shape):
-            padded = np.zeros((data.shape[0], *new), dtype=data.dtype)
-            padded[(slice(None), *(slice(lo, lo + n) for lo, n in zip(low, shape)))] = data
-            data = padded
         return data, props
-
-    @staticmethod
-    def unpad(array: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-        """``(..., *S)`` on the padded grid cut back to the preprocessed case."""
-        box = tuple(slice(lo, hi) for lo, hi in props["padding"])
-        return array[(Ellipsis, *box)]
 
     def needs_logits(self, props: dict[str, Any]) -> bool:
         """nnU-Net resamples the logits (not the labels) back: whole-case logits are needed
@@ -250,13 +232,13 @@ class NnUNetInput:
         )
 
     def invert(self, labels: np.ndarray, props: dict[str, Any]) -> np.ndarray:
-        """Labels on the padded grid onto the input's voxel grid (no resampling)."""
-        return self.pre.place_labels(self.unpad(labels, props), props)
+        """Labels on the preprocessed grid onto the input's voxel grid (no resampling)."""
+        return self.pre.place_labels(labels, props)
 
     def export_labels(self, logits: SpilledLogits, props: dict[str, Any]) -> np.ndarray:
         """nnU-Net's export of the labels, reading the logits one class at a time."""
         return self.pre.export_labels(
-            lambda c: self.unpad(logits.channel(c), props),
+            logits.channel,
             logits.classes,
             props,
             self.regions_class_order,
@@ -265,9 +247,9 @@ class NnUNetInput:
     def export(
         self, logits: np.ndarray, props: dict[str, Any], *, return_probabilities: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """nnU-Net's export of logits on the padded grid (see ``NnUNetPreprocessor.export``)."""
+        """nnU-Net's export of logits on the preprocessed grid (see ``NnUNetPreprocessor.export``)."""
         return self.pre.export(
-            self.unpad(logits, props),
+            logits,
             props,
             regions_class_order=self.regions_class_order,
             return_probabilities=return_probabilities,
@@ -378,7 +360,6 @@ def load_nnunet_folder(
                 label_names=label_names,
                 preprocessor=NnUNetInput(
                     pre,
-                    patch,
                     tuple(head.region_order) if head.is_regions else None,
                 ),
                 path=path,
