@@ -41,6 +41,17 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def training_callbacks(cfg: DictConfig) -> list[Any]:
+    """The ``callbacks`` group's callbacks; with ``trainer.enable_progress_bar=false`` without
+    the progress bar (Lightning refuses a progress-bar callback with the bar disabled)."""
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    if (cfg.get("trainer") or {}).get("enable_progress_bar", True) is False:
+        from pytorch_lightning.callbacks.progress import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
 def prepare(cfg: DictConfig) -> tuple[Any, UNetSpec, Plan, Any]:
     """Everything that can fail on a user's mistake, before any training starts.
 
@@ -188,7 +199,7 @@ def train(cfg: DictConfig) -> tuple[float | None, dict[str, Any]]:
             log.info("init.freeze=%s: %s", frozen, freeze(module.net, frozen))
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")),
+        callbacks=training_callbacks(cfg),
         logger=_instantiate_all(cfg.get("logger")) or False,
         **_checkpoint_io(cfg),
     )

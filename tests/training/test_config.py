@@ -136,3 +136,21 @@ def test_optimizer_target_outside_the_allow_list_is_refused_and_never_called(
         build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
     assert "torch.optim.{" in str(exc.value) and "AdamW" in str(exc.value)
     assert SENTINEL_CALLS == [] and not sentinel.exists()
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_enable_progress_bar_false_is_accepted_by_lightnings_trainer(bar, tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks.progress import ProgressBar
+
+    from segkit.training.run import training_callbacks
+
+    cfg = compose(["data=demo", f"paths.output_dir={tmp_path}", "~callbacks.pictures",
+                   f"+trainer.enable_progress_bar={str(bar).lower()}"])  # fmt: skip
+    callbacks = training_callbacks(cfg)
+    # Lightning's own Trainer is the judge: with the bar disabled it refuses a bar callback
+    trainer = pl.Trainer(
+        callbacks=callbacks, enable_progress_bar=bar, logger=False, accelerator="cpu",
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    assert any(isinstance(c, ProgressBar) for c in trainer.callbacks) is bar
