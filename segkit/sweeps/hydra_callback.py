@@ -8,10 +8,11 @@ callback, which stops a multirun before any job starts with the command to run i
 from __future__ import annotations
 
 import shlex
-import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
+
+from segkit.errors import ConfigError, refuse
 
 
 class UseSegkitSearch(Callback):
@@ -20,9 +21,12 @@ class UseSegkitSearch(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         words = [*(str(o) for o in config.hydra.overrides.task), f"out={config.hydra.sweep.dir}"]
         command = "segkit search " + " ".join(shlex.quote(w) for w in words)
-        print(
-            "error: an Optuna search runs through segkit search (Optuna >= 4, pruning, a "
-            f"shared study): {command}",
-            file=sys.stderr,
+        raise SystemExit(
+            refuse(
+                "train.py",
+                ConfigError(
+                    "an Optuna search runs through segkit search (Optuna >= 4, pruning, a "
+                    f"shared study). Fix: {command}"
+                ),
+            )
         )
-        raise SystemExit(2)

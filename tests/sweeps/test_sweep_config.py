@@ -64,8 +64,8 @@ def test_train_multirun_with_search_preset_names_segkit_search(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        "error: an Optuna search runs through segkit search (Optuna >= 4, pruning, a shared "
-        f"study): segkit search hparams_search=optuna model.kernel_size=3 out={tmp_path}/sw"
+        "train.py: error: an Optuna search runs through segkit search (Optuna >= 4, pruning, a "
+        f"shared study). Fix: segkit search hparams_search=optuna model.kernel_size=3 out={tmp_path}/sw"
     ]
     assert not (tmp_path / "sw").exists()  # stopped before any job
 
