@@ -65,7 +65,8 @@ def test_train_multirun_with_search_preset_names_segkit_search(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == [
         "train.py: error: an Optuna search runs through segkit search (Optuna >= 4, pruning, a "
-        f"shared study). Fix: segkit search hparams_search=optuna model.kernel_size=3 out={tmp_path}/sw"
+        "shared study). Fix: segkit search hparams_search=optuna model.kernel_size=3 "
+        f"out={tmp_path}/sw"
     ]
     assert not (tmp_path / "sw").exists()  # stopped before any job
 

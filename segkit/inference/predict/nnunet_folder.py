@@ -247,7 +247,7 @@ class NnUNetInput:
     def export(
         self, logits: np.ndarray, props: dict[str, Any], *, return_probabilities: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """nnU-Net's export of logits on the preprocessed grid (see ``NnUNetPreprocessor.export``)."""
+        """nnU-Net's export of logits on the preprocessed grid (``NnUNetPreprocessor.export``)."""
         return self.pre.export(
             logits,
             props,
