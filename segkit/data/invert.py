@@ -63,10 +63,15 @@ class ProbabilityFile:
         del mm
 
 
-def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
+def invert_probabilities(
+    src: Path, props: dict[str, Any], dst: Path, *, regions: bool = False
+) -> None:
     """Writes ``dst``: float16 ``(K, *original)`` probabilities from the float16 ``(K, *S)``
     ``src`` on the preprocessed grid (resampled linearly, un-cropped with certain
-    background, reoriented), one slab of canonical rows at a time."""
+    background, reoriented), one slab of canonical rows at a time. Outside the crop,
+    background is certain: channel 0 (background) is 1 and every other channel 0 for
+    classes; with ``regions`` (one sigmoid channel per region, no background channel)
+    every channel is 0."""
     head = np.load(src, mmap_mode="r")
     classes = head.shape[0]
     del head
@@ -86,7 +91,7 @@ def invert_probabilities(src: Path, props: dict[str, Any], dst: Path) -> None:
         ca, cb = max(a, lo0) - lo0, min(b, hi0) - lo0
         for k in range(classes):
             view = apply_orientation(out[k], ornt)  # the original array seen canonically
-            view[a:b] = 1.0 if k == 0 else 0.0  # outside the crop is certain background
+            view[a:b] = 1.0 if k == 0 and not regions else 0.0  # certain background
             if ca < cb:
                 slab = resample_rows(pre[k], crop, (ca, cb), order=1)
                 view[lo0 + ca : lo0 + cb, lo1:hi1, lo2:hi2] = slab

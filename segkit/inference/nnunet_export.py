@@ -16,11 +16,13 @@ The folder (``dataset.json``, ``plans.json``, ``fold_0/checkpoint_final.pth``) i
   its own resampling (float64 cubic, clipped), not segkit's (float32 cubic), and the inputs
   differ by that rounding.
 
-What nnU-Net cannot represent is refused, naming it: 2D networks, region (sigmoid) outputs,
-blocks other than nnU-Net's, dropout, normalisation other than instance norm, intensity
-normalisation other than z-score and CT. ``check=true`` (the default) rebuilds the network from
-the written folder with the reader ``segkit predict`` uses for nnU-Net folders and compares its
-logits with the checkpoint's network; a mismatch writes nothing.
+Region models (one sigmoid per region) are written as nnU-Net's region training writes them:
+``dataset.json`` labels naming each region's label values, and ``regions_class_order``. What
+nnU-Net cannot represent is refused, naming it: 2D networks, blocks other than nnU-Net's,
+dropout, normalisation other than instance norm, intensity normalisation other than z-score and
+CT. ``check=true`` (the default) rebuilds the network from the written folder with the reader
+``segkit predict`` uses for nnU-Net folders and compares its logits with the checkpoint's
+network; a mismatch writes nothing.
 """
 
 from __future__ import annotations
@@ -122,8 +124,11 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
     spec = model.spec
     if spec.spatial_dims != 3:
         raise _refuse("a 2D network", "export 3D networks (nnU-Net's 2d folders are not written)")
-    if model.head.is_regions:
-        raise _refuse("region (sigmoid) outputs", "export a softmax model")
+    if model.head.is_regions and len(model.regions) != spec.out_channels:
+        raise _refuse(
+            "region outputs whose label values the checkpoint does not record",
+            "retrain with this segkit (its region checkpoints store each region's labels)",
+        )
     try:
         cls, state = dna_state_dict(model.net)
     except WeightMapError as err:
@@ -183,16 +188,14 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
         "label_manager": "LabelManager",
         "foreground_intensity_properties_per_channel": props,
     }
-    classes = spec.out_channels
-    names = model.label_names
     dataset = {
         "channel_names": {str(c): f"channel{c}" for c in range(spec.in_channels)},
-        "labels": {names.get(i, f"class{i}"): i for i in range(classes)},
+        "labels": _labels(model),
         "numTraining": 0,
         "file_ending": ".nii.gz",
     }
-    if "background" not in dataset["labels"]:  # nnU-Net requires the name
-        dataset["labels"] = {"background": 0, **{k: v for k, v in dataset["labels"].items() if v}}
+    if model.head.is_regions:  # nnU-Net's region training: one sigmoid per region, in order
+        dataset["regions_class_order"] = list(model.head.region_order)
     checkpoint = {
         "network_weights": state,
         "init_args": {"configuration": CONFIGURATION, "fold": 0, "plans": plans},
@@ -202,6 +205,18 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
         "_best_ema": None,
     }
     return {"plans": plans, "dataset": dataset, "checkpoint": checkpoint}
+
+
+def _labels(model: LoadedModel) -> dict[str, Any]:
+    """dataset.json's ``labels``: the classes, or background and each region's label values
+    in output-channel order (nnU-Net's LabelManager takes the regions in that order)."""
+    if model.head.is_regions:
+        return {"background": 0, **{r.name: list(r.labels) for r in model.regions}}
+    names = model.label_names
+    labels = {names.get(i, f"class{i}"): i for i in range(model.spec.out_channels)}
+    if "background" not in labels:  # nnU-Net requires the name
+        labels = {"background": 0, **{k: v for k, v in labels.items() if v}}
+    return labels
 
 
 def export_nnunet(

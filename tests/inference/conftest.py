@@ -64,9 +64,16 @@ def make_checkpoint(
     return path
 
 
-def train_tiny(*, in_channels: int = 1, epochs: int = 2, norm: str = "batch", **model):
+REGIONS = [{"name": "foreground", "labels": [1, 2]}, {"name": "high", "labels": [2]}]
+"""Nested regions of the tiny model's labels, for ``train_tiny(regions=True)``."""
+
+
+def train_tiny(
+    *, in_channels: int = 1, epochs: int = 2, norm: str = "batch", regions: bool = False, **model
+):
     """The Lightning trainer after fitting a tiny SegModule (``trainer.lightning_module``) for
-    ``epochs`` on random patches; ``model`` adds model config keys (e.g. a user block)."""
+    ``epochs`` on random patches; ``model`` adds model config keys (e.g. a user block); with
+    ``regions``, one sigmoid output per region of :data:`REGIONS`."""
     import pytorch_lightning as pl
 
     from segkit.training.module import SegModule
@@ -76,7 +83,7 @@ def train_tiny(*, in_channels: int = 1, epochs: int = 2, norm: str = "batch", **
         model={
             "spatial_dims": 3,
             "in_channels": in_channels,
-            "out_channels": NUM_CLASSES,
+            "out_channels": len(REGIONS) if regions else NUM_CLASSES,
             "depth": 3,
             "channels": 4,
             "norm": norm,
@@ -95,6 +102,8 @@ def train_tiny(*, in_channels: int = 1, epochs: int = 2, norm: str = "batch", **
         loss={"dice_weight": 1.0, "ce_weight": 1.0},
         patch_size=[16, 16, 12],
         label_names={0: "background", 1: "low", 2: "high"},
+        regions=REGIONS if regions else None,
+        output_head={"kind": "sigmoid", "region_order": [1, 2]} if regions else None,
         preprocessor=Preprocessor(
             target_spacing=(1.0, 1.5, 2.0),
             normalization=("zscore",) * in_channels,

@@ -47,9 +47,31 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def region_checkpoint(tmp_path_factory) -> Path:
+    """One sigmoid output per region (conftest's REGIONS: foreground [1, 2] ⊃ high [2])."""
+    path = tmp_path_factory.mktemp("export_regions") / "best.ckpt"
+    train_tiny(norm="instance", epochs=3, regions=True).save_checkpoint(path)
+    return path
+
+
+def _decided(q: np.ndarray, regions: bool) -> np.ndarray:
+    """Voxels whose label no float16 rounding of ``q`` (K, *S) can change: the top two class
+    probabilities apart by more than it, or every region's probability that far from 0.5."""
+    if regions:
+        return (np.abs(q - 0.5) > 2 * STORED).all(axis=0)
+    top2 = np.sort(q, axis=0)[-2:]
+    return (top2[1] - top2[0]) > 2 * STORED
+
+
+@pytest.mark.parametrize("kind", ["softmax", "regions"])
 def test_nnunet_predicts_the_exported_folder_as_segkit_predicts_the_checkpoint(
-    checkpoint, tmp_path
+    kind, checkpoint, region_checkpoint, tmp_path
 ):
+    import json
+
+    if kind == "regions":
+        checkpoint = region_checkpoint
     folder = tmp_path / "nnunet_model"
     model = load_model(checkpoint)
     error = export_nnunet(model, folder)
@@ -71,9 +93,16 @@ def test_nnunet_predicts_the_exported_folder_as_segkit_predicts_the_checkpoint(
         q = np.load(ref / f"c{i}.npz")["probabilities"].transpose(0, 3, 2, 1)
         assert a.shape == b.shape and len(np.unique(b)) >= 2
         assert float(np.abs(p - q).max()) <= STORED
-        top2 = np.sort(q, axis=0)[-2:]
-        decided = (top2[1] - top2[0]) > 2 * STORED
+        decided = _decided(q, kind == "regions")
+        assert decided.mean() > 0.9
         assert np.array_equal(a[decided], b[decided]), i
+    if kind == "regions":  # nnU-Net read regions, not classes: its LabelManager says so
+        from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+        dataset = json.loads((folder / "dataset.json").read_text())
+        manager = LabelManager(dataset["labels"], dataset.get("regions_class_order"))
+        assert manager.has_regions and manager.foreground_regions == [(1, 2), (2,)]
+        assert p.shape[0] == q.shape[0] == 2
 
 
 def test_what_nnunet_cannot_represent_is_refused_and_nothing_is_written(tmp_path):

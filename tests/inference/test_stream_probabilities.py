@@ -28,14 +28,15 @@ def other_ckpt(tmp_path_factory):
     return make_checkpoint(path, epochs=1, norm="instance")
 
 
-def _scipy_invert(probs: np.ndarray, props: dict) -> np.ndarray:
+def _scipy_invert(probs: np.ndarray, props: dict, regions: bool = False) -> np.ndarray:
     """The inversion written with scipy and nibabel alone: each class resampled linearly to the
-    crop (edge-aligned grids, clamped at the borders), certain background outside the crop,
-    the canonical axes turned back to the file's."""
+    crop (edge-aligned grids, clamped at the borders), certain background outside the crop
+    (class 0 at 1; for regions every region at 0), the canonical axes turned back to the
+    file's."""
     crop = tuple(props["shape_after_crop"])
     scale = np.array(probs.shape[1:], float) / np.array(crop, float)
     full = np.zeros((len(probs), *props["canonical_shape"]), np.float32)
-    full[0] = 1.0
+    full[0] = 0.0 if regions else 1.0
     box = tuple(slice(lo, hi) for lo, hi in props["crop_box"])
     for k, p in enumerate(probs):
         full[k][box] = ndimage.affine_transform(
@@ -74,6 +75,26 @@ def test_slab_wise_inversion_equals_preprocessor_invert(tmp_path, monkeypatch, s
     np.testing.assert_array_equal(got, whole)
     # ... and, within two float16 roundings, what scipy and nibabel make of the probabilities
     assert np.abs(got.astype(np.float32) - _scipy_invert(probs, props)).max() <= F16
+
+
+def test_region_probabilities_are_zero_outside_the_crop(tmp_path):
+    """Region channels have no background channel: outside the crop every region is 0 (the
+    softmax convention, channel 0 at 1, would read as a certain first region there)."""
+    image = np.zeros((30, 26, 14), np.float32)
+    image[6:24, 5:20, 3:11] = np.random.default_rng(1).normal(100, 20, (18, 15, 8))
+    nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.5, 2.0, 1.0])), str(tmp_path / "a.nii.gz"))
+    pre = Preprocessor(
+        target_spacing=(1.0, 1.5, 2.0), normalization=("zscore",), num_channels=1, num_classes=3
+    )
+    data, props = pre.preprocess_image([tmp_path / "a.nii.gz"])
+    assert tuple(props["shape_after_crop"]) != image.shape  # something outside the crop
+    probs = np.random.default_rng(2).uniform(size=(2, *data.shape[1:])).astype(np.float16)
+    np.save(tmp_path / "pre.npy", probs)
+    invert_probabilities(tmp_path / "pre.npy", props, tmp_path / "orig.npy", regions=True)
+    got = np.load(tmp_path / "orig.npy").astype(np.float32)
+    want = _scipy_invert(probs.astype(np.float32), props, regions=True)
+    assert np.abs(got - want).max() <= F16
+    assert got[:, :6].max() == 0.0  # outside the crop
 
 
 def test_a_box_of_another_extent_is_refused(tmp_path):

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from segkit.data.preprocess import Preprocessor
+from segkit.data.regions import Region
 from segkit.defaults import SLICE_AXIS
 from segkit.errors import ConfigError, SegkitError
 from segkit.inference.engine.outputs import SOFTMAX, OutputHead
@@ -55,8 +56,8 @@ class LoadedModel:
             if the checkpoint has none.
         head: what the output channels mean (softmax classes or sigmoid regions;
             ``hyper_parameters.output_head``, softmax if absent).
-        region_names: for a region head, each output channel's region name
-            (``hyper_parameters.regions``); empty for softmax classes.
+        regions: for a region head, each output channel's region (name and label values,
+            ``hyper_parameters.regions``); empty for softmax classes.
         origin: ``segkit`` (a segkit checkpoint) or ``nnunet`` (a fold of an nnU-Net model
             folder, :mod:`segkit.inference.predict.nnunet_folder`: predicted as nnU-Net does).
         mirror_axes: the axes test-time mirroring may flip (None: every spatial axis).
@@ -71,14 +72,14 @@ class LoadedModel:
     slice_axis: int = SLICE_AXIS
     calibration: dict[str, Any] | None = None
     head: OutputHead = SOFTMAX
-    region_names: tuple[str, ...] = ()
+    regions: tuple[Region, ...] = ()
     origin: str = "segkit"
     mirror_axes: tuple[int, ...] | None = None
 
     def output_names(self, channels: int) -> list[str]:
         """The name of each output channel: its region, or its class."""
-        if self.head.is_regions and len(self.region_names) == channels:
-            return list(self.region_names)
+        if self.head.is_regions and len(self.regions) == channels:
+            return [r.name for r in self.regions]
         if self.head.is_regions:
             return [f"region{i}" for i in range(channels)]
         return [self.label_names.get(i, f"class{i}") for i in range(channels)]
@@ -228,10 +229,10 @@ def load_model(
         slice_axis=slice_axis,
         calibration=_calibration(ckpt.get(CALIBRATION_KEY)),
         head=_head(path, hp.get("output_head")),
-        region_names=tuple(
-            str(r.get("name", f"region{i}"))
+        regions=tuple(
+            Region.from_dict({"name": f"region{i}", **r})
             for i, r in enumerate(hp.get("regions") or ())
-            if isinstance(r, Mapping)
+            if isinstance(r, Mapping) and isinstance(r.get("labels"), Sequence)
         ),
     )
 

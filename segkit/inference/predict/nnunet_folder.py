@@ -40,6 +40,7 @@ from omegaconf import OmegaConf
 
 from segkit.config import compose
 from segkit.data.nnunet_preprocess import NnUNetPreprocessor
+from segkit.data.regions import Region
 from segkit.errors import ConfigError
 from segkit.inference.engine.outputs import SOFTMAX, OutputHead
 from segkit.inference.predict.checkpoint import LoadedModel, read_checkpoint
@@ -151,8 +152,10 @@ def find_folds(
     return out
 
 
-def _labels(dataset: dict[str, Any], source: Path) -> tuple[OutputHead, dict[int, str], tuple]:
-    """The output head, class names and region names of an nnU-Net ``dataset.json``."""
+def _labels(
+    dataset: dict[str, Any], source: Path
+) -> tuple[OutputHead, dict[int, str], tuple[Region, ...]]:
+    """The output head, class names and regions of an nnU-Net ``dataset.json``."""
     labels = dataset.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise ConfigError(f"{source}: has no 'labels'. Fix: restore the model's dataset.json.")
@@ -164,8 +167,8 @@ def _labels(dataset: dict[str, Any], source: Path) -> tuple[OutputHead, dict[int
                 f"{source}: region labels but no 'regions_class_order'. Fix: restore the "
                 "model's dataset.json."
             )
-        names = tuple(k for k, v in labels.items() if isinstance(v, list | tuple))
-        return OutputHead.regions([int(v) for v in order]), {0: "background"}, names
+        found = tuple(Region(str(k), tuple(int(x) for x in v)) for k, v in regions.items())
+        return OutputHead.regions([int(v) for v in order]), {0: "background"}, found
     classes = {int(v): str(k) for k, v in labels.items() if k != "ignore"}
     return SOFTMAX, dict(sorted(classes.items())), ()
 
@@ -325,10 +328,10 @@ def load_nnunet_folder(
                 "configuration."
             )
     cfg = resolve_configuration(plans, configuration, source=str(folder / "plans.json"))
-    head, label_names, region_names = _labels(dataset, folder / "dataset.json")
+    head, label_names, regions = _labels(dataset, folder / "dataset.json")
     names = dataset.get("channel_names") or dataset.get("modality") or {}
     channels = len(names) or 1
-    outputs = len(region_names) if head.is_regions else len(label_names)
+    outputs = len(regions) if head.is_regions else len(label_names)
     patch = tuple(int(v) for v in cfg.get("patch_size") or ())
     ndim = len(patch)
     resenc = None
@@ -365,7 +368,7 @@ def load_nnunet_folder(
                 path=path,
                 slice_axis=0,
                 head=head,
-                region_names=region_names,
+                regions=regions,
                 origin="nnunet",
                 mirror_axes=mirror_axes,
             )

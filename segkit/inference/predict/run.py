@@ -502,7 +502,7 @@ def predict_case(
             write_nifti(out, seg_orig, case.images[0], _extensions(record))
             return out, decisions
         temps.append(_temp_npy(output_dir, case.case_id, "orig"))
-        invert_probabilities(temps[0], props, temps[1])
+        invert_probabilities(temps[0], props, temps[1], regions=head.is_regions)
         with atomic_path(output_dir / f"{case.case_id}.npz", suffix=".npz") as tmp:
             write_probabilities_npz(tmp, temps[1], label_names, _npz_extra(record))
             write_nifti(out, seg_orig, case.images[0], _extensions(record))
