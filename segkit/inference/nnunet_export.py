@@ -9,16 +9,19 @@ The folder (``dataset.json``, ``plans.json``, ``fold_0/checkpoint_final.pth``) i
 - **axes**: segkit's arrays are the image reoriented to RAS, voxel axes kept; nnU-Net's
   ``NibabelIOWithReorient`` reader reorients to RAS and reverses the axes, so
   ``transpose_forward = [2, 1, 0]`` gives nnU-Net segkit's arrays, and every per-axis value
-  (spacing, patch, kernels, strides) is written in segkit's order;
+  (spacing, patch, kernels, strides) is written in segkit's order. A 2D network becomes a
+  ``2d`` configuration: nnU-Net slices across its axis 0, so the transpose puts segkit's slice
+  axis first and the in-plane axes in the 2D network's order;
 - **preprocessing**: segkit's target spacing, z-score or CT normalisation (with the
   checkpoint's statistics), crop to nonzero. Where the input is already at the target spacing
   the network sees the same arrays under both tools; where it must be resampled, nnU-Net uses
   its own resampling (float64 cubic, clipped), not segkit's (float32 cubic), and the inputs
-  differ by that rounding.
+  differ by that rounding. For a 2D network nnU-Net keeps the slice axis' spacing where segkit
+  resamples it to the target too: the two agree on inputs at the target spacing.
 
 Region models (one sigmoid per region) are written as nnU-Net's region training writes them:
 ``dataset.json`` labels naming each region's label values, and ``regions_class_order``. What
-nnU-Net cannot represent is refused, naming it: 2D networks, blocks other than nnU-Net's,
+nnU-Net cannot represent is refused, naming it: blocks other than nnU-Net's,
 dropout, normalisation other than instance norm, intensity normalisation other than z-score and
 CT. ``check=true`` (the default) rebuilds the network from the written folder with the reader
 ``segkit predict`` uses for nnU-Net folders and compares its logits with the checkpoint's
@@ -42,7 +45,7 @@ from segkit.inference.predict.nnunet_folder import load_nnunet_folder
 from segkit.nn.weights import WeightMapError, dna_state_dict
 from segkit.registry import ACTIVATIONS
 
-CONFIGURATION = "3d_fullres"
+CONFIGURATIONS = {3: "3d_fullres", 2: "2d"}
 _RESAMPLE = "resample_data_or_seg_to_shape"
 _NORMS = {"zscore": "ZScoreNormalization", "ct": "CTNormalization"}
 _DNA = "dynamic_network_architectures.architectures.unet."
@@ -67,12 +70,12 @@ def _architecture(model: LoadedModel, cls: str) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "n_stages": spec.depth,
         "features_per_stage": list(spec.channels),
-        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "conv_op": f"torch.nn.modules.conv.Conv{spec.spatial_dims}d",
         "kernel_sizes": [list(k) for k in spec.kernel_size],
         "strides": [list(s) for s in spec.strides],
         "n_conv_per_stage_decoder": list(spec.convs_per_stage_decoder),
         "conv_bias": bool(spec.conv_bias),
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{spec.spatial_dims}d",
         "norm_op_kwargs": {"eps": float(dict(spec.norm[1]).get("eps", 1e-5)), "affine": True},
         "dropout_op": None,
         "dropout_op_kwargs": None,
@@ -122,8 +125,6 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
         ConfigError: what nnU-Net cannot represent, naming it and the fix.
     """
     spec = model.spec
-    if spec.spatial_dims != 3:
-        raise _refuse("a 2D network", "export 3D networks (nnU-Net's 2d folders are not written)")
     if model.head.is_regions and len(model.regions) != spec.out_channels:
         raise _refuse(
             "region outputs whose label values the checkpoint does not record",
@@ -135,8 +136,11 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
         raise _refuse(f"this network ({err})", "a PlainConvUNet or ResEnc configuration") from err
     schemes, props = _preprocessing(model)
     pre = model.preprocessor
-    patch = [int(p) for p in model.patch_size]
-    spacing = [float(s) for s in pre.target_spacing]
+    configuration = CONFIGURATIONS[spec.spatial_dims]
+    order = _axis_order(model)
+    spacing3 = [float(pre.target_spacing[a]) for a in order]
+    patch = _patch(model)
+    spacing = spacing3[-spec.spatial_dims :]  # 2d: in-plane (nnU-Net keeps the slice spacing)
     resample = {
         "resampling_fn_data": _RESAMPLE,
         "resampling_fn_seg": _RESAMPLE,
@@ -164,14 +168,15 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
     plans = {
         "dataset_name": f"Dataset999_{name}",
         "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": spacing,
-        "original_median_shape_after_transp": patch,
+        "original_median_spacing_after_transp": spacing3,
+        "original_median_shape_after_transp": [1] * (3 - len(patch)) + patch,
         "image_reader_writer": "NibabelIOWithReorient",
-        "transpose_forward": [2, 1, 0],
-        "transpose_backward": [2, 1, 0],
+        # the reader's axes are segkit's reversed: segkit axis a is the reader's 2 - a
+        "transpose_forward": [2 - a for a in order],
+        "transpose_backward": [int(i) for i in np.argsort([2 - a for a in order])],
         "configurations": {
-            CONFIGURATION: {
-                "data_identifier": f"nnUNetPlans_{CONFIGURATION}",
+            configuration: {
+                "data_identifier": f"nnUNetPlans_{configuration}",
                 "preprocessor_name": "DefaultPreprocessor",
                 "batch_size": 2,
                 "patch_size": patch,
@@ -198,13 +203,31 @@ def nnunet_folder_contents(model: LoadedModel, name: str = "segkit") -> dict[str
         dataset["regions_class_order"] = list(model.head.region_order)
     checkpoint = {
         "network_weights": state,
-        "init_args": {"configuration": CONFIGURATION, "fold": 0, "plans": plans},
+        "init_args": {"configuration": configuration, "fold": 0, "plans": plans},
         "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
+        "inference_allowed_mirroring_axes": tuple(range(spec.spatial_dims)),
         "current_epoch": 0,
         "_best_ema": None,
     }
     return {"plans": plans, "dataset": dataset, "checkpoint": checkpoint}
+
+
+def _axis_order(model: LoadedModel) -> list[int]:
+    """segkit's volume axes in the order nnU-Net works in: as they are for a 3D network; for a
+    2D network the slice axis first (nnU-Net's 2d configurations slice across axis 0), then
+    the in-plane axes in the 2D network's order."""
+    if model.spec.spatial_dims == 3:
+        return [0, 1, 2]
+    s = int(model.slice_axis)
+    return [s, *(a for a in range(3) if a != s)]
+
+
+def _patch(model: LoadedModel) -> list[int]:
+    """The network's patch (2 values for a 2D network, whose patch may list the slice axis)."""
+    patch = [int(p) for p in model.patch_size]
+    if model.spec.spatial_dims == 2 and len(patch) == 3:
+        del patch[model.slice_axis]
+    return patch
 
 
 def _labels(model: LoadedModel) -> dict[str, Any]:
@@ -264,7 +287,7 @@ def _check(model: LoadedModel, folder: Path, tolerance: float) -> float:
     _, (rebuilt,) = load_nnunet_folder(folder)
     net = model.net.eval().cpu()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, model.spec.in_channels, *model.patch_size, generator=gen)
+    x = torch.randn(1, model.spec.in_channels, *_patch(model), generator=gen)
     with torch.no_grad():
         want, got = net(x), rebuilt.net.cpu()(x)
     error = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))

@@ -46,11 +46,11 @@ def write_image(
     return path
 
 
-def _batches(channels: int, n: int = 2):
+def _batches(channels: int, n: int = 2, dims: int = 3):
     gen = torch.Generator().manual_seed(0)
     out = []
     for _ in range(n):
-        image = torch.randn(2, channels, 16, 16, 12, generator=gen)
+        image = torch.randn(2, channels, *(16, 16, 12)[:dims], generator=gen)
         label = (image[:, :1] > 0.5).long() + (image[:, :1] > 1.5).long()
         out.append({"image": image, "label": label})
     return out
@@ -69,11 +69,19 @@ REGIONS = [{"name": "foreground", "labels": [1, 2]}, {"name": "high", "labels": 
 
 
 def train_tiny(
-    *, in_channels: int = 1, epochs: int = 2, norm: str = "batch", regions: bool = False, **model
+    *,
+    in_channels: int = 1,
+    epochs: int = 2,
+    norm: str = "batch",
+    regions: bool = False,
+    dims: int = 3,
+    slice_axis: int = 2,
+    **model,
 ):
     """The Lightning trainer after fitting a tiny SegModule (``trainer.lightning_module``) for
     ``epochs`` on random patches; ``model`` adds model config keys (e.g. a user block); with
-    ``regions``, one sigmoid output per region of :data:`REGIONS`."""
+    ``regions``, one sigmoid output per region of :data:`REGIONS`; ``dims=2``: a 2D network
+    slicing volumes across ``slice_axis``."""
     import pytorch_lightning as pl
 
     from segkit.training.module import SegModule
@@ -81,7 +89,7 @@ def train_tiny(
     torch.manual_seed(0)
     module = SegModule(
         model={
-            "spatial_dims": 3,
+            "spatial_dims": dims,
             "in_channels": in_channels,
             "out_channels": len(REGIONS) if regions else NUM_CLASSES,
             "depth": 3,
@@ -100,7 +108,8 @@ def train_tiny(
             "scheduler": {"name": "none"},
         },
         loss={"dice_weight": 1.0, "ce_weight": 1.0},
-        patch_size=[16, 16, 12],
+        patch_size=[16, 16, 12][:dims],
+        slice_axis=slice_axis,
         label_names={0: "background", 1: "low", 2: "high"},
         regions=REGIONS if regions else None,
         output_head={"kind": "sigmoid", "region_order": [1, 2]} if regions else None,
@@ -122,7 +131,7 @@ def train_tiny(
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    loader = torch.utils.data.DataLoader(_batches(in_channels), batch_size=None)
+    loader = torch.utils.data.DataLoader(_batches(in_channels, dims=dims), batch_size=None)
     trainer.fit(module, train_dataloaders=loader)
     return trainer
 

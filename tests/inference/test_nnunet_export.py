@@ -64,7 +64,7 @@ def _decided(q: np.ndarray, regions: bool) -> np.ndarray:
     return (top2[1] - top2[0]) > 2 * STORED
 
 
-@pytest.mark.parametrize("kind", ["softmax", "regions"])
+@pytest.mark.parametrize("kind", ["softmax", "regions", "2d", "2d-across-axis-0"])
 def test_nnunet_predicts_the_exported_folder_as_segkit_predicts_the_checkpoint(
     kind, checkpoint, region_checkpoint, tmp_path
 ):
@@ -72,6 +72,10 @@ def test_nnunet_predicts_the_exported_folder_as_segkit_predicts_the_checkpoint(
 
     if kind == "regions":
         checkpoint = region_checkpoint
+    elif kind.startswith("2d"):  # a 2D network: nnU-Net's 2d configuration slices the volume
+        checkpoint = tmp_path / "2d.ckpt"
+        axis = 0 if kind.endswith("axis-0") else 2
+        train_tiny(norm="instance", epochs=3, dims=2, slice_axis=axis).save_checkpoint(checkpoint)
     folder = tmp_path / "nnunet_model"
     model = load_model(checkpoint)
     error = export_nnunet(model, folder)
