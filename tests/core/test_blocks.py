@@ -16,8 +16,6 @@ from segkit.nn.blocks import GRN, BlockContext, MedNeXtBlock, ResidualBlock, Sho
 from segkit.spec import UNetSpec
 from tests.utils import autograd_saved_bytes
 
-torch.set_num_threads(2)
-
 SE = "tests.core.custom_blocks.SEBlock"
 
 

@@ -35,7 +35,11 @@ def train_multirun(demo_data_dir: Path) -> Callable[..., subprocess.CompletedPro
             sys.executable, str(REPO / "train.py"), "-m", *TINY, *overrides,
             f"paths.data_dir={demo_data_dir}", f"hydra.sweep.dir={sweep_dir}",
         ]  # fmt: skip
-        env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+            "PYTHONWARNINGS": "ignore",
+        }
         proc = subprocess.run(
             cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
         )
